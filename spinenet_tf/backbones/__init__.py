@@ -1,0 +1,1 @@
+"""Backbones: keras.Model feature extractors returning pyramid dicts "P3".."P7"."""

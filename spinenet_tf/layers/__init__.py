@@ -1,0 +1,1 @@
+"""Building blocks of the SpineNet family (pure keras.ops / keras.layers)."""

@@ -1,0 +1,58 @@
+"""Conv + batch norm (+ activation): the unit every SpineNet layer is made of.
+
+`ConvNormSettings` carries the options shared by every conv and norm of a model, so
+that block builders take one argument instead of re-listing seven.
+"""
+
+import dataclasses
+from typing import Any
+
+import keras
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvNormSettings:
+    activation: str = "relu"
+    norm_momentum: float = 0.99
+    norm_epsilon: float = 1e-3
+    sync_batch_norm: bool = False
+    kernel_initializer: Any = "VarianceScaling"
+    kernel_regularizer: Any = None
+    dtype: Any = None
+
+    def conv(self, filters, kernel_size, name, strides=1):
+        return keras.layers.Conv2D(
+            filters,
+            kernel_size,
+            strides=strides,
+            padding="same",
+            use_bias=False,
+            # A fresh initializer per layer: a shared seeded instance would give
+            # every layer the same weights.
+            kernel_initializer=keras.initializers.get(
+                keras.initializers.serialize(keras.initializers.get(self.kernel_initializer))
+            ),
+            kernel_regularizer=self.kernel_regularizer,
+            dtype=self.dtype,
+            name=name,
+        )
+
+    def norm(self, name):
+        # Keras computes batch statistics in float32 under mixed precision.
+        return keras.layers.BatchNormalization(
+            momentum=self.norm_momentum,
+            epsilon=self.norm_epsilon,
+            synchronized=self.sync_batch_norm,
+            dtype=self.dtype,
+            name=name,
+        )
+
+    def activate(self, x, name):
+        return keras.layers.Activation(self.activation, dtype=self.dtype, name=name)(x)
+
+
+def conv_norm(x, settings, filters, kernel_size, name, strides=1, activate=True):
+    """Conv (no bias) -> BN -> optional activation; layers named `{name}_conv` etc."""
+    x = settings.conv(filters, kernel_size, f"{name}_conv", strides)(x)
+    x = settings.norm(f"{name}_bn")(x)
+    return settings.activate(x, f"{name}_act") if activate else x

@@ -1,0 +1,211 @@
+import keras
+import numpy as np
+import pytest
+
+from spinenet_tf import MODEL_IDS, SpineNet, profile
+from spinenet_tf.layers.stochastic_depth import StochasticDepth
+from tests.test_case import (
+    assert_allclose_tree,
+    run_precision_test,
+    run_saving_test,
+    run_serialization_test,
+)
+
+# Trainable parameters of TF Model Garden's SpineNet (tf-models-official 2.20),
+# levels 3..7, published scaling.
+REFERENCE_TRAINABLE_PARAMS = {
+    "49S": 9_089_215,
+    "49": 21_831_488,
+    "96": 36_262_976,
+    "143": 60_247_616,
+    "143L": 100_796_257,
+    "190": 126_587_664,
+}
+TINY = dict(filter_size_scale=0.25, endpoints_num_filters=16)
+
+
+def images(height, width, batch=2, seed=0):
+    return np.random.default_rng(seed).uniform(-1, 1, (batch, height, width, 3)).astype("float32")
+
+
+def assert_pyramid(features, model, batch, height, width):
+    assert sorted(features) == [f"P{level}" for level in range(model.min_level, model.max_level + 1)]
+    for name, feature in features.items():
+        stride = model.pyramid_strides[name]
+        assert stride == 2 ** int(name[1:])
+        assert tuple(feature.shape) == (
+            batch,
+            height // stride,
+            width // stride,
+            model.pyramid_channels[name],
+        )
+
+
+def test_every_model_id_matches_reference_params_and_runs():
+    assert set(MODEL_IDS) == set(REFERENCE_TRAINABLE_PARAMS)
+    for model_id, expected in REFERENCE_TRAINABLE_PARAMS.items():
+        model = SpineNet(model_id)
+        assert profile(model, (128, 128, 3)).trainable_params == expected, model_id
+        features = model(images(128, 256, batch=1), training=False)
+        assert_pyramid(features, model, 1, 128, 256)
+        assert model.pyramid_channels["P3"] == (
+            512 if model_id == "190" else 128 if model_id == "49S" else 256
+        )
+
+
+def test_explicit_scaling_overrides_model_id():
+    model = SpineNet(
+        "49",
+        filter_size_scale=0.25,
+        endpoints_num_filters=24,
+        resample_alpha=0.25,
+        block_repeats=2,
+        image_shape=(128, 128, 3),
+    )
+    assert (
+        model.filter_size_scale,
+        model.endpoints_num_filters,
+        model.resample_alpha,
+        model.block_repeats,
+    ) == (0.25, 24, 0.25, 2)
+    assert model.get_layer("block3_r2_1_conv").filters == int(128 * 0.25)
+    # alpha 0.25 of a level-2 bottleneck parent (base width 16) -> 4 channels.
+    assert model.get_layer("block3_from_block1_reduce_conv").filters == 4
+    assert_pyramid(model(images(128, 128)), model, 2, 128, 128)
+
+
+@pytest.mark.parametrize("height,width", [(384, 640), (128, 256)])
+def test_static_non_square_input(height, width):
+    model = SpineNet("49", image_shape=(height, width, 3), **TINY)
+    assert_pyramid(model(images(height, width, batch=1)), model, 1, height, width)
+
+
+def test_dynamic_input_builds_the_same_network_as_static():
+    static = SpineNet("49", image_shape=(128, 128, 3), **TINY)
+    dynamic = SpineNet("49", image_shape=(None, None, 3), **TINY)
+    assert [w.path for w in dynamic.weights] == [w.path for w in static.weights]
+    dynamic.set_weights(static.get_weights())
+    x = images(128, 128)
+    assert_allclose_tree(dynamic(x), static(x), atol=1e-6, rtol=1e-6)
+    # The level-5 output block absorbs block 10, which nothing else consumed.
+    assert "block13_sum" in [layer.name for layer in dynamic.layers]
+    assert len(dynamic.get_layer("block13_sum").input) == 3
+    for height, width in [(256, 128), (384, 512)]:
+        assert_pyramid(dynamic(images(height, width, batch=1)), dynamic, 1, height, width)
+
+
+@pytest.mark.parametrize("image_shape", [(100, 128, 3), (128, 192, 3), (0, 128, 3)])
+def test_static_size_not_multiple_of_coarsest_stride_is_rejected(image_shape):
+    with pytest.raises(ValueError, match="multiple of 128"):
+        SpineNet("49", image_shape=image_shape, **TINY)
+
+
+def test_dynamic_model_rejects_bad_size_when_called():
+    model = SpineNet("49", **TINY)
+    with pytest.raises(ValueError, match="width 96 is not a multiple of 128"):
+        model(images(128, 96, batch=1))
+
+
+def test_min_level_2_builds_the_16th_block_and_p2():
+    model = SpineNet("49", min_level=2, max_level=7, image_shape=(128, 128, 3), **TINY)
+    names = {layer.name for layer in model.layers}
+    assert "block16_r1_add" in names
+    assert_pyramid(model(images(128, 128, batch=1)), model, 1, 128, 128)
+    default = SpineNet("49", image_shape=(128, 128, 3), **TINY)
+    assert not any(layer.name.startswith("block16") for layer in default.layers)
+
+
+def test_max_level_below_7_still_needs_the_coarsest_block_stride():
+    model = SpineNet("49", min_level=3, max_level=5, image_shape=(128, 256, 3), **TINY)
+    assert model.size_multiple == 2**7  # block 8 (level 7) is an ancestor of P3..P5.
+    assert_pyramid(model(images(128, 256, batch=1)), model, 1, 128, 256)
+
+
+def test_stochastic_depth_rate_grows_linearly_and_only_changes_training():
+    rate = 0.4
+    model = SpineNet("49", stochastic_depth_rate=rate, image_shape=(128, 128, 3), **TINY)
+    drop_layers = {layer.name: layer.rate for layer in model.layers if isinstance(layer, StochasticDepth)}
+    assert drop_layers["block1_r1_drop_path"] == pytest.approx(rate * 1 / 16)
+    assert drop_layers["block15_r1_drop_path"] == pytest.approx(rate * 15 / 16)
+    assert not any(name.startswith("stem") for name in drop_layers)
+
+    plain = SpineNet("49", stochastic_depth_rate=0.0, image_shape=(128, 128, 3), **TINY)
+    by_path = {w.path: w for w in model.weights}
+    for weight in plain.weights:
+        weight.assign(by_path[weight.path])
+    for m in (model, plain):  # BN in inference mode, so only drop-path can differ.
+        for layer in m.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = False
+    x = images(128, 128, batch=4)
+    inference = model(x, training=False)
+    assert_allclose_tree(model(x, training=False), inference, atol=0, rtol=0)
+    assert_allclose_tree(plain(x, training=True), plain(x, training=False), atol=1e-6, rtol=1e-6)
+    assert_allclose_tree(plain(x, training=False), inference, atol=1e-6, rtol=1e-6)
+    trained = model(x, training=True)
+    assert not np.allclose(
+        keras.ops.convert_to_numpy(trained["P3"]), keras.ops.convert_to_numpy(inference["P3"])
+    )
+
+
+def test_options_reach_the_layers():
+    model = SpineNet(
+        "49",
+        activation="swish",
+        norm_momentum=0.9,
+        norm_epsilon=1e-4,
+        sync_batch_norm=True,
+        kernel_regularizer=4e-5,
+        image_shape=(128, 128, 3),
+        **TINY,
+    )
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert all(n.momentum == 0.9 and n.epsilon == 1e-4 and n.synchronized for n in norms)
+    assert all(c.kernel_regularizer is not None and not c.use_bias for c in convs)
+    assert len(model.losses) == len(convs)
+    activations = {
+        layer.activation.__name__ for layer in model.layers if isinstance(layer, keras.layers.Activation)
+    }
+    assert activations == {"silu"}
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"model_id": "50"}, "Unknown SpineNet model_id '50'"),
+        ({"activation": "gelu"}, "Unknown activation 'gelu'"),
+        ({"filter_size_scale": 0}, "filter_size_scale must be a positive number"),
+        ({"min_level": 5, "max_level": 4}, "min_level=5, max_level=4"),
+        ({"stochastic_depth_rate": 1.0}, r"stochastic_depth_rate must be in \[0, 1\)"),
+        ({"image_shape": (128, 128)}, "image_shape must be"),
+    ],
+)
+def test_invalid_configs_name_the_problem(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SpineNet(**kwargs)
+
+
+def test_config_and_keras_file_round_trip(tmp_path):
+    model = SpineNet(
+        "49",
+        stochastic_depth_rate=0.1,
+        kernel_regularizer=1e-4,
+        activation="swish",
+        block_specs=[list(spec.as_list()) for spec in SpineNet("49", **TINY).block_specs],
+        image_shape=(128, 128, 3),
+        **TINY,
+    )
+    run_serialization_test(model)
+    # Non-trivial BN statistics, so that a reload that drops them would show.
+    model(images(128, 128, batch=4), training=True)
+    run_saving_test(model, images(128, 128), tmp_path)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision(policy):
+    model = run_precision_test(
+        lambda: SpineNet("49", image_shape=(128, 128, 3), **TINY), images(128, 128), policy
+    )
+    assert model.dtype_policy.name == policy
+    assert all(w.dtype == "float32" for w in model.trainable_weights)
