@@ -2,6 +2,7 @@ import keras
 import numpy as np
 import pytest
 
+from benchmarks.reference import MODEL_GARDEN_BACKBONE_PARAMS as REFERENCE_TRAINABLE_PARAMS
 from spinenet_tf import MODEL_IDS, SpineNet, profile
 from spinenet_tf.layers.stochastic_depth import StochasticDepth
 from tests.test_case import (
@@ -11,16 +12,6 @@ from tests.test_case import (
     run_serialization_test,
 )
 
-# Trainable parameters of TF Model Garden's SpineNet (tf-models-official 2.20),
-# levels 3..7, published scaling.
-REFERENCE_TRAINABLE_PARAMS = {
-    "49S": 9_089_215,
-    "49": 21_831_488,
-    "96": 36_262_976,
-    "143": 60_247_616,
-    "143L": 100_796_257,
-    "190": 126_587_664,
-}
 TINY = dict(filter_size_scale=0.25, endpoints_num_filters=16)
 
 

@@ -1,0 +1,41 @@
+# spinenet_tf developer commands. `make test` installs what it needs first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+# Tests are tiny models; two workers use both cores of a small machine.
+PYTEST_WORKERS ?= 2
+
+.PHONY: install test test-all lint format bench arch clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --durations=10
+
+test-all: install
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) -m "" --durations=10
+
+lint: install
+	$(BIN)/ruff format --check spinenet_tf tests benchmarks
+	$(BIN)/ruff check spinenet_tf tests benchmarks
+
+format: install
+	$(BIN)/ruff format spinenet_tf tests benchmarks
+	$(BIN)/ruff check --fix spinenet_tf tests benchmarks
+
+bench: install
+	$(BIN)/python benchmarks/backbone_table.py
+
+arch: install
+	$(BIN)/spinenet arch --model 49 --out docs/spinenet49.png
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

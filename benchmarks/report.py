@@ -1,0 +1,44 @@
+"""Writes one benchmark's section of BENCHMARKS.md, with the command, machine and versions."""
+
+import datetime
+import os
+import pathlib
+import platform
+import re
+import shlex
+import sys
+
+BENCHMARKS_FILE = pathlib.Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
+HEADER = (
+    "# Benchmarks\n\nEvery section is written by a script under `benchmarks/`; "
+    "rerun its command to refresh it.\n"
+)
+
+
+def environment():
+    import keras
+    import numpy
+    import tensorflow as tf
+
+    return (
+        f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, "
+        f"TensorFlow {tf.__version__}, Keras {keras.__version__} ({keras.backend.backend()} backend), "
+        f"NumPy {numpy.__version__}"
+    )
+
+
+def write_section(name, title, body, path=BENCHMARKS_FILE):
+    """Replaces (or appends) the section `name` of the benchmarks file."""
+    command = " ".join(shlex.quote(arg) for arg in [os.path.relpath(sys.argv[0]), *sys.argv[1:]])
+    section = (
+        f"<!-- section:{name} -->\n## {title}\n\n"
+        f"Command: `python {command}` ({datetime.date.today().isoformat()})  \n"
+        f"Machine: {environment()}\n\n{body.strip()}\n<!-- /section:{name} -->\n"
+    )
+    path = pathlib.Path(path)
+    text = path.read_text() if path.exists() else HEADER
+    pattern = re.compile(rf"<!-- section:{re.escape(name)} -->.*?<!-- /section:{re.escape(name)} -->\n", re.S)
+    text = (
+        pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
+    )
+    path.write_text(text)

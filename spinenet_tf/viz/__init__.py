@@ -1,0 +1,1 @@
+"""Pictures: the block graph of an architecture."""

@@ -1,0 +1,21 @@
+"""Smoke tests: each benchmark script runs on a tiny config and writes its section."""
+
+from benchmarks import backbone_table
+from benchmarks.report import write_section
+
+
+def test_backbone_table_writes_its_section(tmp_path):
+    out = tmp_path / "BENCHMARKS.md"
+    out.write_text("# Benchmarks\n\n<!-- section:other -->\nkept\n<!-- /section:other -->\n")
+    backbone_table.main(["--models", "49S", "--out", str(out)])
+    text = out.read_text()
+    assert "| SpineNet-49S | 0.65 | 0.5 | 1 | 128 | 640 | 9,089,215 | 9,089,215 | +0 |" in text
+    assert "Command: `python" in text and "kept" in text
+
+
+def test_sections_are_replaced_not_duplicated(tmp_path):
+    out = tmp_path / "B.md"
+    write_section("x", "Title", "first", out)
+    write_section("x", "Title", "second", out)
+    text = out.read_text()
+    assert text.count("<!-- section:x -->") == 1 and "second" in text and "first" not in text
