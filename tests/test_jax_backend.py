@@ -56,3 +56,27 @@ def test_same_outputs_on_jax_as_on_tensorflow(tmp_path):
     for name, value in expected.items():
         np.testing.assert_allclose(outputs[name], value.numpy(), rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(outputs["jit_" + name], value.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_detection_ops_pass_their_hand_computed_cases_on_jax():
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-n",
+            "0",
+            "tests/detection/test_ops.py",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert " passed" in result.stdout and "failed" not in result.stdout

@@ -1,0 +1,1 @@
+"""Detection: anchors, box coding, target assignment, losses, NMS, heads, RetinaNet."""

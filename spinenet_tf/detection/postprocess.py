@@ -1,0 +1,104 @@
+"""From raw RetinaNet outputs to final detections: decode, select, NMS, top-k."""
+
+import dataclasses
+
+from keras import ops
+
+from spinenet_tf.detection.box_coder import decode_boxes
+from spinenet_tf.detection.nms import non_max_suppression
+
+NMS_MODES = ("per_class", "class_agnostic")
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectionSpec:
+    """Post-processing settings (TF Model Garden's RetinaNet defaults, but pre_nms_top_k).
+
+    `per_class` NMS lets boxes of different classes overlap; `class_agnostic` keeps one
+    class (the best) per anchor and suppresses across classes. Class 0 is background
+    and never reported when `background_class` is 0.
+    """
+
+    score_threshold: float = 0.05
+    nms_iou_threshold: float = 0.5
+    pre_nms_top_k: int = 1000
+    max_detections: int = 100
+    nms: str = "per_class"
+    background_class: int | None = 0
+
+    def __post_init__(self):
+        if self.nms not in NMS_MODES:
+            raise ValueError(f"Unknown nms {self.nms!r}; use one of {NMS_MODES}.")
+        if not 0.0 <= self.nms_iou_threshold <= 1.0 or not 0.0 <= self.score_threshold < 1.0:
+            raise ValueError("nms_iou_threshold must be in [0, 1] and score_threshold in [0, 1).")
+        if self.pre_nms_top_k < 1 or self.max_detections < 1:
+            raise ValueError("pre_nms_top_k and max_detections must be positive.")
+
+
+def detect(class_logits, box_deltas, anchors, image_size, spec=DetectionSpec()):
+    """Final detections of a batch.
+
+    Args:
+        class_logits [B, N, C]; box_deltas [B, N, 4]; anchors [N, 4]; image_size (H, W).
+
+    Returns a dict: boxes [B, D, 4] ([ymin, xmin, ymax, xmax] input pixels, clipped),
+    scores [B, D], classes [B, D] int32, num_detections [B] int32; D = max_detections,
+    entries past num_detections are zero.
+    """
+    scores = ops.sigmoid(ops.cast(class_logits, "float32"))
+    num_classes = scores.shape[-1]
+    class_ids = ops.arange(num_classes, dtype="int32")
+    if spec.background_class is not None:
+        foreground = [c for c in range(num_classes) if c != spec.background_class]
+        scores = ops.take(scores, foreground, axis=-1)
+        class_ids = ops.convert_to_tensor(foreground, dtype="int32")
+    boxes = decode_boxes(ops.cast(box_deltas, "float32"), ops.expand_dims(ops.cast(anchors, "float32"), 0))
+    height, width = image_size
+    limits = ops.convert_to_tensor([height, width, height, width], dtype="float32")
+    boxes = ops.clip(boxes, 0.0, limits)
+
+    foreground_classes = scores.shape[-1]
+    if spec.nms == "class_agnostic":
+        candidate_scores = ops.max(scores, axis=-1)  # [B, N]
+        candidate_classes = ops.take(class_ids, ops.argmax(scores, axis=-1))
+        top_k = min(spec.pre_nms_top_k, candidate_scores.shape[1])
+        top_scores, top_index = ops.top_k(candidate_scores, top_k)
+        top_classes = ops.take_along_axis(candidate_classes, top_index, axis=1)
+        top_boxes = ops.take_along_axis(boxes, ops.expand_dims(top_index, -1), axis=1)
+        nms_boxes = top_boxes
+    else:
+        flat = ops.reshape(scores, (-1, scores.shape[1] * foreground_classes))
+        top_k = min(spec.pre_nms_top_k, flat.shape[1])
+        top_scores, top_index = ops.top_k(flat, top_k)
+        anchor_index = top_index // foreground_classes
+        top_classes = ops.take(class_ids, top_index % foreground_classes)
+        top_boxes = ops.take_along_axis(boxes, ops.expand_dims(anchor_index, -1), axis=1)
+        # Shift each class to its own region of the plane so that NMS never compares
+        # boxes of different classes.
+        offset = ops.cast(ops.expand_dims(top_classes, -1), "float32") * (ops.max(limits) + 1.0)
+        nms_boxes = top_boxes + offset
+
+    keep = non_max_suppression(
+        nms_boxes, top_scores, spec.nms_iou_threshold, top_scores > spec.score_threshold
+    )
+    kept_scores = ops.where(keep, top_scores, -1.0)
+    max_detections = min(spec.max_detections, top_k)
+    final_scores, order = ops.top_k(kept_scores, max_detections)
+    found = final_scores > 0.0
+    final_boxes = ops.take_along_axis(top_boxes, ops.expand_dims(order, -1), axis=1)
+    final_classes = ops.take_along_axis(top_classes, order, axis=1)
+    detections = {
+        "boxes": ops.where(ops.expand_dims(found, -1), final_boxes, 0.0),
+        "scores": ops.where(found, final_scores, 0.0),
+        "classes": ops.where(found, final_classes, 0),
+        "num_detections": ops.sum(ops.cast(found, "int32"), axis=1),
+    }
+    if spec.max_detections > max_detections:  # fewer candidates than slots: pad
+        pad = spec.max_detections - max_detections
+        detections = {
+            key: ops.pad(value, [[0, 0], [0, pad]] + [[0, 0]] * (len(value.shape) - 2))
+            if key != "num_detections"
+            else value
+            for key, value in detections.items()
+        }
+    return detections
