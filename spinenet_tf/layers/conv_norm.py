@@ -20,13 +20,13 @@ class ConvNormSettings:
     kernel_regularizer: Any = None
     dtype: Any = None
 
-    def conv(self, filters, kernel_size, name, strides=1):
+    def conv(self, filters, kernel_size, name, strides=1, use_bias=False):
         return keras.layers.Conv2D(
             filters,
             kernel_size,
             strides=strides,
             padding="same",
-            use_bias=False,
+            use_bias=use_bias,
             # A fresh initializer per layer: a shared seeded instance would give
             # every layer the same weights.
             kernel_initializer=keras.initializers.get(

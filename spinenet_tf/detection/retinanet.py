@@ -1,0 +1,258 @@
+"""RetinaNet (Lin et al. 2017) on any pyramid backbone: the detector of the SpineNet paper."""
+
+import keras
+from keras import ops
+
+from spinenet_tf.detection.anchors import AnchorSpec, generate_anchors
+from spinenet_tf.detection.fpn import fpn_decoder
+from spinenet_tf.detection.head import retinanet_head
+from spinenet_tf.detection.losses import huber_loss, sigmoid_focal_loss
+from spinenet_tf.detection.postprocess import DetectionSpec, detect
+from spinenet_tf.detection.target_assignment import assign_targets
+from spinenet_tf.layers.conv_norm import ConvNormSettings
+
+DECODERS = ("auto", "identity", "fpn")
+
+
+def _check_labels(y):
+    """Labels are {"boxes": [B, M, 4] pixels ymin, xmin, ymax, xmax, "classes": [B, M] int, -1 = padding}."""
+    if not isinstance(y, dict) or set(y) < {"boxes", "classes"}:
+        raise ValueError(
+            "RetinaNet labels must be a dict with 'boxes' [batch, max_boxes, 4] and 'classes' "
+            f"[batch, max_boxes]; got {type(y).__name__}{sorted(y) if isinstance(y, dict) else ''}."
+        )
+    boxes, classes = y["boxes"], y["classes"]
+    if len(boxes.shape) != 3 or boxes.shape[-1] != 4:
+        raise ValueError(f"labels['boxes'] must have shape [batch, max_boxes, 4], got {tuple(boxes.shape)}.")
+    if len(classes.shape) != 2 or (
+        None not in (classes.shape[1], boxes.shape[1]) and classes.shape[1] != boxes.shape[1]
+    ):
+        raise ValueError(
+            f"labels['classes'] must have shape [batch, max_boxes] = [batch, {boxes.shape[1]}], "
+            f"got {tuple(classes.shape)}."
+        )
+    return boxes, classes
+
+
+@keras.saving.register_keras_serializable(package="spinenet_tf")
+class RetinaNet(keras.Model):
+    """One-stage detector: backbone -> (identity | FPN) -> shared class/box subnets.
+
+    Calling the model gives raw outputs {"class_logits": [B, N, num_classes],
+    "box_deltas": [B, N, 4]} over all anchors; `predict` gives final detections
+    {"boxes", "scores", "classes", "num_detections"} (boxes in input pixels,
+    [ymin, xmin, ymax, xmax]). `fit` takes labels {"boxes": [B, M, 4] in input pixels,
+    "classes": [B, M]} padded with class -1; anchors are labelled in-graph (see
+    `target_assignment`). Class 0 is background (Model Garden's COCO convention: 91
+    outputs for 90 ids) and is never reported.
+
+    The loss is focal loss + box_loss_weight * Huber, both normalised by the number of
+    positive anchors in the batch (+1), plus weight_decay / 2 * sum of squared conv and
+    dense kernels of the trainable weights (L2 weight decay as in Model Garden).
+    """
+
+    def __init__(
+        self,
+        backbone,
+        num_classes,
+        decoder="auto",
+        min_level=3,
+        max_level=7,
+        num_convs=4,
+        num_filters=256,
+        fpn_num_filters=256,
+        num_scales=3,
+        aspect_ratios=(0.5, 1.0, 2.0),
+        anchor_size=3.0,
+        positive_threshold=0.5,
+        negative_threshold=0.4,
+        focal_alpha=0.25,
+        focal_gamma=1.5,
+        huber_delta=0.1,
+        box_loss_weight=50.0,
+        weight_decay=4e-5,
+        score_threshold=0.05,
+        nms_iou_threshold=0.5,
+        pre_nms_top_k=1000,
+        max_detections=100,
+        nms="per_class",
+        activation="relu",
+        norm_momentum=0.99,
+        norm_epsilon=1e-3,
+        sync_batch_norm=False,
+        dtype=None,
+        **kwargs,
+    ):
+        if isinstance(backbone, dict):
+            backbone = keras.saving.deserialize_keras_object(backbone)
+        if decoder not in DECODERS:
+            raise ValueError(f"Unknown decoder {decoder!r}; use one of {DECODERS}.")
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2 (class 0 is background), got {num_classes}.")
+        if not 0.0 < negative_threshold <= positive_threshold <= 1.0:
+            raise ValueError(
+                f"Need 0 < negative_threshold <= positive_threshold <= 1, got {negative_threshold}, "
+                f"{positive_threshold}."
+            )
+        anchor_spec = AnchorSpec(min_level, max_level, num_scales, tuple(aspect_ratios), anchor_size)
+        detection_spec = DetectionSpec(score_threshold, nms_iou_threshold, pre_nms_top_k, max_detections, nms)
+        settings = ConvNormSettings(
+            activation=activation, norm_momentum=norm_momentum, norm_epsilon=norm_epsilon,
+            sync_batch_norm=sync_batch_norm, dtype=dtype,
+        )  # fmt: skip
+
+        # === Functional graph ===
+        image = keras.Input(shape=backbone.input.shape[1:], name="image")
+        features = backbone(image)
+        wanted = [f"P{level}" for level in range(min_level, max_level + 1)]
+        if decoder == "auto":
+            decoder = "identity" if set(wanted) <= set(features) else "fpn"
+        if decoder == "identity":
+            missing = sorted(set(wanted) - set(features))
+            if missing:
+                raise ValueError(f"Identity decoder: the backbone has no {missing}; use decoder='fpn'.")
+            features = {name: features[name] for name in wanted}
+        else:
+            features = fpn_decoder(features, min_level, max_level, fpn_num_filters, settings)
+        class_logits, box_deltas = retinanet_head(
+            features, num_classes, anchor_spec.anchors_per_location, num_convs, num_filters, settings
+        )
+        super().__init__(
+            inputs=image,
+            outputs={"class_logits": class_logits, "box_deltas": box_deltas},
+            dtype=dtype,
+            **kwargs,
+        )
+
+        # === Config ===
+        self.backbone = backbone
+        self.num_classes = num_classes
+        self.decoder = decoder
+        self.min_level, self.max_level = min_level, max_level
+        self.num_convs, self.num_filters, self.fpn_num_filters = num_convs, num_filters, fpn_num_filters
+        self.anchor_spec = anchor_spec
+        self.detection_spec = detection_spec
+        self.positive_threshold, self.negative_threshold = positive_threshold, negative_threshold
+        self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
+        self.huber_delta, self.box_loss_weight, self.weight_decay = huber_delta, box_loss_weight, weight_decay
+        self.activation = activation
+        self.norm_momentum, self.norm_epsilon, self.sync_batch_norm = (
+            norm_momentum,
+            norm_epsilon,
+            sync_batch_norm,
+        )
+        self._anchor_cache = {}
+
+    # === Anchors and decoding ===
+    def anchors(self, image_size):
+        """Anchors [N, 4] for an (H, W) input, in the order of the raw outputs."""
+        if any(size is None for size in image_size):
+            raise ValueError(
+                f"RetinaNet places anchors from the static image size, got {tuple(image_size)}; "
+                "feed batches whose height and width are known."
+            )
+        key = tuple(int(size) for size in image_size)
+        if key not in self._anchor_cache:
+            self._anchor_cache[key] = generate_anchors(key, self.anchor_spec)
+        return self._anchor_cache[key]
+
+    def decode_predictions(self, raw_outputs, image_size):
+        """Raw outputs -> final detections (see `postprocess.detect`)."""
+        return detect(
+            raw_outputs["class_logits"], raw_outputs["box_deltas"], self.anchors(image_size), image_size,
+            self.detection_spec,
+        )  # fmt: skip
+
+    def predict_step(self, *args):
+        # TF and torch call predict_step(data); JAX calls predict_step(state, data)
+        # and expects (outputs, non_trainable_variables) back.
+        outputs = super().predict_step(*args)
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(args[-1])
+        image_size = tuple(x.shape[1:3])
+        if isinstance(outputs, tuple):
+            return self.decode_predictions(outputs[0], image_size), outputs[1]
+        return self.decode_predictions(outputs, image_size)
+
+    # === Training ===
+    def compile(self, optimizer="auto", **kwargs):
+        """Defaults to SGD with momentum 0.9, the paper's optimizer; the loss is built in.
+
+        The optimizer's slots are created here rather than in the first traced step: on
+        TensorFlow a variable created while tracing makes tf.function trace the whole
+        training step a second time, which doubles the start-up cost of `fit`.
+        """
+        if "loss" in kwargs:
+            raise ValueError("RetinaNet computes its own loss; do not pass `loss` to compile().")
+        if optimizer == "auto":
+            optimizer = keras.optimizers.SGD(learning_rate=0.01, momentum=0.9, global_clipnorm=10.0)
+        super().compile(optimizer=optimizer, **kwargs)
+        self.optimizer.build(self.trainable_variables)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        if sample_weight is not None:
+            raise ValueError("RetinaNet does not take sample weights; drop boxes by giving them class -1.")
+        boxes, classes = _check_labels(y)
+        anchors = self.anchors(tuple(x.shape[1:3]))
+        class_targets, box_targets, class_weights, box_weights = assign_targets(
+            anchors, boxes, classes, self.positive_threshold, self.negative_threshold
+        )
+        normaliser = ops.sum(box_weights) + 1.0
+        positive = ops.expand_dims(ops.cast(class_targets >= 0, "float32"), -1)
+        one_hot = ops.one_hot(ops.maximum(class_targets, 0), self.num_classes) * positive
+        focal = sigmoid_focal_loss(one_hot, y_pred["class_logits"], self.focal_alpha, self.focal_gamma)
+        class_loss = ops.sum(focal * ops.expand_dims(class_weights, -1)) / normaliser
+        huber = ops.mean(huber_loss(box_targets, y_pred["box_deltas"], self.huber_delta), axis=-1)
+        box_loss = ops.sum(huber * box_weights) / normaliser
+        total = class_loss + self.box_loss_weight * box_loss
+        if self.weight_decay:
+            kernels = [w for w in self.trainable_weights if w.path.endswith("kernel")]
+            total += (
+                0.5
+                * self.weight_decay
+                * ops.sum(ops.stack([ops.sum(ops.square(ops.cast(w, "float32"))) for w in kernels]))
+            )
+        if self.losses:
+            total += ops.sum(ops.stack([ops.cast(loss, "float32") for loss in self.losses]))
+        return total
+
+    # === Serialization ===
+    def get_config(self):
+        spec, detection = self.anchor_spec, self.detection_spec
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
+            "backbone": keras.saving.serialize_keras_object(self.backbone),
+            "num_classes": self.num_classes,
+            "decoder": self.decoder,
+            "min_level": self.min_level,
+            "max_level": self.max_level,
+            "num_convs": self.num_convs,
+            "num_filters": self.num_filters,
+            "fpn_num_filters": self.fpn_num_filters,
+            "num_scales": spec.num_scales,
+            "aspect_ratios": list(spec.aspect_ratios),
+            "anchor_size": spec.anchor_size,
+            "positive_threshold": self.positive_threshold,
+            "negative_threshold": self.negative_threshold,
+            "focal_alpha": self.focal_alpha,
+            "focal_gamma": self.focal_gamma,
+            "huber_delta": self.huber_delta,
+            "box_loss_weight": self.box_loss_weight,
+            "weight_decay": self.weight_decay,
+            "score_threshold": detection.score_threshold,
+            "nms_iou_threshold": detection.nms_iou_threshold,
+            "pre_nms_top_k": detection.pre_nms_top_k,
+            "max_detections": detection.max_detections,
+            "nms": detection.nms,
+            "activation": self.activation,
+            "norm_momentum": self.norm_momentum,
+            "norm_epsilon": self.norm_epsilon,
+            "sync_batch_norm": self.sync_batch_norm,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["dtype"] = keras.dtype_policies.deserialize(config["dtype"]) if config.get("dtype") else None
+        return cls(**config)
