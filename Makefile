@@ -33,6 +33,8 @@ format: install
 
 bench: install
 	$(BIN)/python benchmarks/backbone_table.py
+	$(BIN)/python benchmarks/detector_table.py
+	$(BIN)/python benchmarks/target_assignment.py
 
 arch: install
 	$(BIN)/spinenet arch --model 49 --out docs/spinenet49.png

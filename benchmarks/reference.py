@@ -13,3 +13,29 @@ MODEL_GARDEN_BACKBONE_PARAMS = {
 
 # Input size of each variant in the paper's COCO results.
 PAPER_RESOLUTION = {"49S": 640, "49": 640, "96": 1024, "143": 1280, "143L": 1280, "190": 1280}
+
+# RetinaNet with COCO's 91 outputs (class 0 background), TF Model Garden 2.20:
+# trainable parameters to the integer, and the model zoo's MACs ("FLOPs") in G.
+# 49S: head 4x128; "49S-256": the zoo's 49S, measured with 256 endpoint filters.
+# 190: head 7x512; others 4x256. R50-FPN: the zoo's rounded 34.0M params.
+DETECTOR_REFERENCE = {
+    "49S": {"params": 11_265_942, "gmacs": None, "size": 640},
+    "49S-256": {"params": 11_944_598, "gmacs": 33.8, "size": 640},
+    "49": {"params": 28_543_383, "gmacs": 85.4, "size": 640},
+    "96": {"params": 42_974_871, "gmacs": 265.4, "size": 1024},
+    "143": {"params": 66_959_511, "gmacs": 524.0, "size": 1280},
+    "190": {"params": 163_637_351, "gmacs": 1885.0, "size": 1280},
+    "R50-FPN": {"params": 34_000_000, "gmacs": 97.0, "size": 640},
+}
+
+
+def detector_config(name):
+    """The build_detector config of a row of DETECTOR_REFERENCE."""
+    if name == "R50-FPN":
+        return {"backbone": {"type": "resnet50"}, "num_classes": 91}
+    model_id = name.split("-")[0]
+    backbone = {"type": "spinenet", "model_id": model_id}
+    if name == "49S-256":
+        backbone["endpoints_num_filters"] = 256
+    head = {"49S": {"num_filters": 128}, "190": {"num_convs": 7, "num_filters": 512}}.get(model_id, {})
+    return {"backbone": backbone, "num_classes": 91, **head}

@@ -1,6 +1,6 @@
 """Smoke tests: each benchmark script runs on a tiny config and writes its section."""
 
-from benchmarks import backbone_table
+from benchmarks import backbone_table, detector_table, target_assignment
 from benchmarks.report import write_section
 
 
@@ -19,3 +19,17 @@ def test_sections_are_replaced_not_duplicated(tmp_path):
     write_section("x", "Title", "second", out)
     text = out.read_text()
     assert text.count("<!-- section:x -->") == 1 and "second" in text and "first" not in text
+
+
+def test_detector_table_writes_its_section(tmp_path):
+    out = tmp_path / "BENCHMARKS.md"
+    detector_table.main(["--models", "49S", "--out", str(out)])
+    assert "| 49S | 640 | 11,265,942 | 11,265,942 | +0 |" in out.read_text()
+
+
+def test_target_assignment_benchmark_writes_its_section(tmp_path):
+    out = tmp_path / "BENCHMARKS.md"
+    target_assignment.main(["--size", "128", "--batch", "1", "--boxes", "4", "--out", str(out)])
+    text = out.read_text()
+    assert "| anchors at 128 px | 3,069 |" in text  # 9 x (16^2 + 8^2 + 4^2 + 2^2 + 1)
+    assert "ms/image" in text
