@@ -1,0 +1,1 @@
+"""Detection data: readers, TFRecords, augmentation, synthetic data, input pipelines."""

@@ -1,0 +1,113 @@
+"""Geometric augmentation and resizing of one example; boxes are [ymin, xmin, ymax, xmax] pixels.
+
+Masks ([K, H, W] uint8, optional) follow every geometric change of the image with
+nearest-neighbour resampling, so that copy-paste can use them afterwards.
+"""
+
+import tensorflow as tf
+
+# ImageNet statistics in 0..255 RGB, the normalisation of Model Garden's detectors.
+MEAN_RGB = (123.675, 116.28, 103.53)
+STDDEV_RGB = (58.395, 57.12, 57.375)
+
+
+def normalise_image(image):
+    """uint8 RGB -> float32 with ImageNet mean and standard deviation removed."""
+    return (tf.cast(image, tf.float32) - MEAN_RGB) / STDDEV_RGB
+
+
+def random_flip(image, boxes, masks=None):
+    """Left-right flip with probability 1/2."""
+    flip = tf.random.uniform([]) < 0.5
+    width = tf.cast(tf.shape(image)[1], tf.float32)
+    flipped_boxes = tf.stack([boxes[:, 0], width - boxes[:, 3], boxes[:, 2], width - boxes[:, 1]], axis=-1)
+    image = tf.cond(flip, lambda: image[:, ::-1], lambda: image)
+    boxes = tf.cond(flip, lambda: flipped_boxes, lambda: boxes)
+    if masks is not None:
+        masks = tf.cond(flip, lambda: masks[:, :, ::-1], lambda: masks)
+    return image, boxes, masks
+
+
+def _resize(image, masks, height, width):
+    image = tf.image.resize(image, [height, width], method="bilinear")
+    if masks is not None:
+        # tf.image.resize refuses zero channels: an image without objects has no masks.
+        masks = tf.cond(
+            tf.shape(masks)[0] > 0,
+            lambda: tf.transpose(
+                tf.image.resize(tf.transpose(masks, [1, 2, 0]), [height, width], method="nearest"), [2, 0, 1]
+            ),
+            lambda: tf.zeros(tf.stack([0, height, width]), masks.dtype),
+        )
+    return image, masks
+
+
+def _scale_boxes(boxes, scale_y, scale_x, offset_y=0.0, offset_x=0.0):
+    return boxes * tf.stack([scale_y, scale_x, scale_y, scale_x]) - tf.stack(
+        [offset_y, offset_x, offset_y, offset_x]
+    )
+
+
+def scale_jitter_crop(image, boxes, masks, output_size, scale_range=(0.5, 2.0)):
+    """Random scale then random crop and pad to a square `output_size` (the paper's jitter).
+
+    The image is resized to fit a square of `output_size * s`, s ~ U(scale_range); a
+    random `output_size` window of it is kept (zero padding where it is smaller).
+    Boxes are shifted, clipped to the window, and dropped when nothing is left.
+
+    Returns image (float32 [S, S, 3], 0..255), boxes [K', 4], masks, and `keep` [K]
+    (which input objects survive, to select their other labels).
+    """
+    height, width = tf.unstack(tf.cast(tf.shape(image)[:2], tf.float32))
+    target = output_size * tf.random.uniform([], *scale_range)
+    scale = tf.minimum(target / height, target / width)
+    new_height = tf.maximum(tf.cast(tf.round(height * scale), tf.int32), 1)
+    new_width = tf.maximum(tf.cast(tf.round(width * scale), tf.int32), 1)
+    image, masks = _resize(image, masks, new_height, new_width)
+
+    offset_y = tf.random.uniform([], 0, tf.maximum(new_height - output_size, 0) + 1, tf.int32)
+    offset_x = tf.random.uniform([], 0, tf.maximum(new_width - output_size, 0) + 1, tf.int32)
+    image = image[offset_y : offset_y + output_size, offset_x : offset_x + output_size]
+    image = tf.image.pad_to_bounding_box(image, 0, 0, output_size, output_size)
+    if masks is not None:
+        masks = masks[:, offset_y : offset_y + output_size, offset_x : offset_x + output_size]
+        masks = tf.pad(
+            masks, [[0, 0], [0, output_size - tf.shape(masks)[1]], [0, output_size - tf.shape(masks)[2]]]
+        )
+
+    boxes = _scale_boxes(
+        boxes, tf.cast(new_height, tf.float32) / height, tf.cast(new_width, tf.float32) / width,
+        tf.cast(offset_y, tf.float32), tf.cast(offset_x, tf.float32),
+    )  # fmt: skip
+    # The crop covers the scaled image only up to its own size; beyond it is padding.
+    limit_y = tf.cast(tf.minimum(new_height - offset_y, output_size), tf.float32)
+    limit_x = tf.cast(tf.minimum(new_width - offset_x, output_size), tf.float32)
+    boxes = tf.clip_by_value(boxes, 0.0, tf.stack([limit_y, limit_x, limit_y, limit_x]))
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    masks = tf.boolean_mask(masks, keep) if masks is not None else None
+    return image, tf.boolean_mask(boxes, keep), masks, keep
+
+
+def resize_and_pad(image, output_size):
+    """Eval resize: longest side to `output_size`, aspect kept, zero padding bottom/right.
+
+    Returns the float32 image and the (scale_y, scale_x) factors from original pixels to
+    model pixels, which map detections back to the original image.
+    """
+    height, width = tf.unstack(tf.cast(tf.shape(image)[:2], tf.float32))
+    scale = output_size / tf.maximum(height, width)
+    new_height = tf.maximum(tf.cast(tf.round(height * scale), tf.int32), 1)
+    new_width = tf.maximum(tf.cast(tf.round(width * scale), tf.int32), 1)
+    image, _ = _resize(image, None, new_height, new_width)
+    image = tf.image.pad_to_bounding_box(image, 0, 0, output_size, output_size)
+    scales = tf.stack([tf.cast(new_height, tf.float32) / height, tf.cast(new_width, tf.float32) / width])
+    return image, scales
+
+
+def pad_labels(boxes, classes, max_boxes):
+    """Variable-length labels -> fixed [max_boxes, 4] / [max_boxes] with class -1 padding (extra ones cut)."""
+    boxes, classes = boxes[:max_boxes], classes[:max_boxes]
+    padding = max_boxes - tf.shape(classes)[0]
+    boxes = tf.pad(boxes, [[0, padding], [0, 0]])
+    classes = tf.pad(classes, [[0, padding]], constant_values=-1)
+    return tf.ensure_shape(boxes, [max_boxes, 4]), tf.ensure_shape(classes, [max_boxes])

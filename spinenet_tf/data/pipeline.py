@@ -1,0 +1,229 @@
+"""tf.data input pipelines for detection training and evaluation, from COCO JSON or TFRecords.
+
+Every source yields undecoded examples {"encoded", "image_id", "boxes" (normalised
+[ymin, xmin, ymax, xmax]), "classes" (COCO category ids), "is_crowd"} and, when asked,
+masks. Decoding, augmentation and batching are shared. Training batches are
+(images [B, S, S, 3] float32 normalised, {"boxes": [B, M, 4] pixels, "classes": [B, M]}),
+exactly what `RetinaNet.fit` takes; class ids are used as they are (Model Garden's
+convention: a COCO model has 91 outputs, class 0 background).
+"""
+
+import dataclasses
+import glob
+
+import numpy as np
+import tensorflow as tf
+
+from spinenet_tf.data import augment, copy_paste
+from spinenet_tf.data.coco import read_coco
+from spinenet_tf.data.report import DataReport
+from spinenet_tf.data.tfrecord import parse_example
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+@dataclasses.dataclass
+class Source:
+    """A dataset of undecoded examples, with what is known about it up front."""
+
+    make_dataset: object  # with_masks -> tf.data.Dataset
+    num_images: int | None
+    report: DataReport
+    categories: list | None = None
+
+    def dataset(self, with_masks=False):
+        return self.make_dataset(with_masks)
+
+
+def coco_source(images_dir, annotations_file, verify_images=True):
+    """Images and annotations read straight from a COCO instances file."""
+    coco = read_coco(images_dir, annotations_file, verify_images)
+    records = coco.records
+    sizes = np.array([[r.height, r.width] * 2 for r in records], np.float32).reshape(-1, 4)
+
+    def ragged(values, dtype):
+        return tf.ragged.constant([v.tolist() for v in values], dtype=dtype, ragged_rank=1)
+
+    slices = {
+        "path": tf.constant([r.path for r in records], tf.string),
+        "image_id": tf.constant([r.image_id for r in records], tf.int64),
+        "boxes": tf.RaggedTensor.from_row_lengths(
+            np.concatenate([r.boxes / size for r, size in zip(records, sizes)] or [np.zeros((0, 4))]).astype(
+                np.float32
+            ),
+            [len(r.classes) for r in records],
+        ),
+        "classes": ragged([r.classes for r in records], tf.int32),
+        "is_crowd": ragged([r.is_crowd for r in records], tf.bool),
+        "index": tf.range(len(records)),
+    }
+
+    def rasterise(index):
+        return records[int(index)].masks()
+
+    def make_dataset(with_masks):
+        def load(example):
+            example = dict(example)
+            example["encoded"] = tf.io.read_file(example.pop("path"))
+            index = example.pop("index")
+            if with_masks:
+                example["masks"] = tf.numpy_function(rasterise, [index], tf.uint8, stateful=False)
+            return example
+
+        return tf.data.Dataset.from_tensor_slices(slices).map(load, num_parallel_calls=AUTOTUNE)
+
+    return Source(make_dataset, len(records), coco.report, coco.categories)
+
+
+def tfrecord_source(file_pattern):
+    """TFRecord shards (Model Garden / TF Object Detection API schema) matching a glob pattern."""
+    files = sorted(glob.glob(file_pattern))
+    if not files:
+        raise FileNotFoundError(f"No TFRecord files match {file_pattern!r}.")
+
+    def make_dataset(with_masks):
+        files_dataset = tf.data.Dataset.from_tensor_slices(files)
+        records = files_dataset.interleave(tf.data.TFRecordDataset, cycle_length=AUTOTUNE,
+                                           num_parallel_calls=AUTOTUNE, deterministic=False)  # fmt: skip
+        return records.map(lambda s: parse_example(s, with_masks), num_parallel_calls=AUTOTUNE)
+
+    return Source(make_dataset, None, DataReport(file_pattern))
+
+
+def _box_masks(boxes, height, width):
+    """Box-filled [K, H, W] masks for data without segmentations (copy-paste then pastes box crops)."""
+    ys = tf.range(height, dtype=tf.float32)[None, :, None] + 0.5
+    xs = tf.range(width, dtype=tf.float32)[None, None, :] + 0.5
+    inside = (
+        (ys >= boxes[:, 0, None, None]) & (ys < boxes[:, 2, None, None])
+        & (xs >= boxes[:, 1, None, None]) & (xs < boxes[:, 3, None, None])
+    )  # fmt: skip
+    return tf.cast(inside, tf.uint8)
+
+
+def decode(example, with_masks=False):
+    """Undecoded example -> image uint8 [H, W, 3] (any JPEG/PNG/BMP/GIF: gray, RGBA, 16-bit), pixel boxes."""
+    image = tf.io.decode_image(example["encoded"], channels=3, dtype=tf.uint8, expand_animations=False)
+    image = tf.ensure_shape(image, [None, None, 3])
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    size = tf.cast(tf.stack([height, width, height, width]), tf.float32)
+    decoded = {
+        "image": image,
+        "image_id": example["image_id"],
+        "boxes": tf.reshape(example["boxes"], [-1, 4]) * size,
+        "classes": example["classes"],
+        "is_crowd": example["is_crowd"],
+    }
+    if with_masks:
+        decoded["masks"] = _decoded_masks(example, decoded["boxes"], height, width)
+    return decoded
+
+
+def _decoded_masks(example, boxes, height, width):
+    num_objects = tf.shape(boxes)[0]
+    if "masks" in example:
+        masks = tf.ensure_shape(example["masks"], [None, None, None])
+        masks = tf.cond(tf.reduce_all(tf.shape(masks) == tf.stack([num_objects, height, width])),
+                        lambda: masks, lambda: _box_masks(boxes, height, width))  # fmt: skip
+    else:
+        pngs = example["mask_pngs"]
+
+        def decode_pngs():
+            def decode_png(png):
+                return tf.cast(tf.io.decode_png(png, channels=1)[:, :, 0] > 0, tf.uint8)
+
+            return tf.map_fn(decode_png, pngs, fn_output_signature=tf.TensorSpec([None, None], tf.uint8))
+
+        masks = tf.cond(
+            (tf.size(pngs) == num_objects) & (num_objects > 0),
+            decode_pngs,
+            lambda: _box_masks(boxes, height, width),
+        )  # fmt: skip
+    return tf.reshape(masks, [num_objects, height, width])
+
+
+def _augment(example, image_size, scale_range, flip, with_masks):
+    """Crowd boxes out, flip, scale jitter and crop to the square training size."""
+    keep = ~example["is_crowd"]
+    boxes, classes = tf.boolean_mask(example["boxes"], keep), tf.boolean_mask(example["classes"], keep)
+    masks = tf.boolean_mask(example["masks"], keep) if with_masks else None
+    image = example["image"]
+    if flip:
+        image, boxes, masks = augment.random_flip(image, boxes, masks)
+    image, boxes, masks, kept = augment.scale_jitter_crop(image, boxes, masks, image_size, scale_range)
+    result = {"image": image, "boxes": boxes, "classes": tf.boolean_mask(classes, kept)}
+    if with_masks:
+        result["masks"] = masks
+    return result
+
+
+def _drop_padding(example):
+    valid = example["classes"] >= 0
+    return {
+        "image": example["image"],
+        **{k: tf.boolean_mask(example[k], valid) for k in ("boxes", "classes")},
+    }
+
+
+def _training_pair(example, max_boxes):
+    boxes, classes = augment.pad_labels(example["boxes"], example["classes"], max_boxes)
+    return augment.normalise_image(example["image"]), {"boxes": boxes, "classes": classes}
+
+
+def train_dataset(
+    source,
+    image_size,
+    batch_size,
+    max_boxes=100,
+    scale_range=(0.5, 2.0),
+    flip=True,
+    copy_paste_probability=0.0,
+    shuffle_buffer=1000,
+    cache=False,
+    repeat=True,
+):
+    """Augmented, shuffled, padded, batched training data (see the module docstring).
+
+    `cache` keeps decoded images in memory (for datasets that fit: the embedded synthetic
+    one); without it, the shuffle buffer holds encoded bytes only. Images that fail to
+    decode are skipped with a logged warning. More than `max_boxes` objects: the extra
+    ones are dropped.
+    """
+    with_masks = copy_paste_probability > 0
+    dataset = source.dataset(with_masks)
+    if cache:
+        dataset = (
+            dataset.map(lambda e: decode(e, with_masks), AUTOTUNE).ignore_errors(log_warning=True).cache()
+        )
+        dataset = dataset.shuffle(shuffle_buffer)
+        dataset = dataset.repeat() if repeat else dataset
+    else:
+        dataset = dataset.shuffle(shuffle_buffer)
+        dataset = dataset.repeat() if repeat else dataset
+        dataset = dataset.map(lambda e: decode(e, with_masks), AUTOTUNE).ignore_errors(log_warning=True)
+    dataset = dataset.map(lambda e: _augment(e, image_size, scale_range, flip, with_masks), AUTOTUNE)
+    if with_masks:
+        padding = {"image": 0.0, "boxes": 0.0, "classes": -1, "masks": tf.constant(0, tf.uint8)}
+        dataset = dataset.padded_batch(2, padding_values=padding, drop_remainder=True)
+        dataset = dataset.map(
+            lambda pair: copy_paste.paste_within_pairs(pair, copy_paste_probability), AUTOTUNE
+        )
+        dataset = dataset.unbatch().map(_drop_padding, AUTOTUNE)
+    dataset = dataset.map(lambda e: _training_pair(e, max_boxes), AUTOTUNE)
+    return dataset.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
+
+
+def eval_dataset(source, image_size, batch_size):
+    """(images, {"image_id", "scale" [B, 2], "original_size" [B, 2]}) batches, in source order, all images."""
+
+    def prepare(example):
+        image, scale = augment.resize_and_pad(example["image"], image_size)
+        meta = {
+            "image_id": example["image_id"],
+            "scale": scale,
+            "original_size": tf.shape(example["image"])[:2],
+        }
+        return augment.normalise_image(image), meta
+
+    dataset = source.dataset().map(decode, AUTOTUNE).ignore_errors(log_warning=True)
+    return dataset.map(prepare, AUTOTUNE).batch(batch_size).prefetch(AUTOTUNE)

@@ -1,0 +1,26 @@
+import json
+
+import pytest
+
+from spinenet_tf.cli import main
+from tests.data.coco_fixture import write_coco
+
+
+def test_coco_to_tfrecord_command_reports_problems_and_writes_shards(tmp_path, capsys):
+    images_dir, annotations = write_coco(
+        tmp_path, [("a.png", 32, 32, [(1, [2, 2, 8, 8], 0)]), ("b.png", 32, 32, [])]
+    )
+    out = tmp_path / "records" / "train"
+    main(["data", "coco-to-tfrecord", "--images", str(images_dir), "--annotations", str(annotations),
+          "--out", str(out), "--shards", "2"])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "1 x image kept as background only: no annotations" in printed
+    assert "wrote 2 images to 2 shard(s)" in printed
+    assert (tmp_path / "records" / "train-00001-of-00002.tfrecord").stat().st_size > 0
+
+
+def test_coco_to_tfrecord_command_names_a_broken_file(tmp_path):
+    (tmp_path / "bad.json").write_text(json.dumps({"images": []}))
+    with pytest.raises(SystemExit, match="bad.json: key 'annotations' is missing"):
+        main(["data", "coco-to-tfrecord", "--images", str(tmp_path),
+              "--annotations", str(tmp_path / "bad.json"), "--out", str(tmp_path / "x")])  # fmt: skip
