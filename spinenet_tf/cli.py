@@ -46,6 +46,35 @@ def arch(args):
     print(f"wrote {args.out} ({size[0]}x{size[1]} px)")
 
 
+def data_synthetic(args):
+    from spinenet_tf.data.synthetic import write_synthetic_coco
+
+    try:
+        summary = write_synthetic_coco(
+            args.out, num_train=args.num_train, num_val=args.num_val, seed=args.seed
+        )
+    except ValueError as error:
+        raise SystemExit(f"spinenet data synthetic: {error}") from error
+    for split, info in summary.items():
+        print(
+            f"{split}: {info['images']} images, {info['annotations']} objects -> {info['annotations_file']}"
+        )
+
+
+def data_coco_to_tfrecord(args):
+    from spinenet_tf.data.tfrecord import coco_to_tfrecord
+
+    try:
+        summary = coco_to_tfrecord(args.images, args.annotations, args.out, args.shards, not args.no_masks)
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"spinenet data coco-to-tfrecord: {error}") from error
+    print(summary["report"].summary())
+    print(
+        f"wrote {summary['images']} images to {len(summary['shards'])} shard(s): "
+        f"{args.out}-*-of-{args.shards:05d}.tfrecord"
+    )
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="spinenet", description="SpineNet models in Keras 3.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -58,6 +87,24 @@ def build_parser():
     draw.add_argument("--max-level", type=int, default=7)
     draw.add_argument("--block-specs", help="YAML file with a custom block table (default: SpineNet-49's)")
     draw.set_defaults(run=arch)
+
+    data = commands.add_parser("data", help="datasets: the embedded synthetic set, COCO -> TFRecord")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    synthetic = data_commands.add_parser(
+        "synthetic", help="write the synthetic detection dataset in COCO format"
+    )
+    synthetic.add_argument("--out", required=True, help="dataset directory")
+    synthetic.add_argument("--num-train", type=int, default=1000)
+    synthetic.add_argument("--num-val", type=int, default=200)
+    synthetic.add_argument("--seed", type=int, default=0)
+    synthetic.set_defaults(run=data_synthetic)
+    convert = data_commands.add_parser("coco-to-tfrecord", help="convert a COCO split to TFRecord shards")
+    convert.add_argument("--images", required=True, help="directory the file_names are relative to")
+    convert.add_argument("--annotations", required=True, help="COCO instances JSON")
+    convert.add_argument("--out", required=True, help="output prefix: PREFIX-00000-of-0000N.tfrecord")
+    convert.add_argument("--shards", type=int, default=1)
+    convert.add_argument("--no-masks", action="store_true", help="leave instance masks out")
+    convert.set_defaults(run=data_coco_to_tfrecord)
     return parser
 
 

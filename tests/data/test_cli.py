@@ -24,3 +24,25 @@ def test_coco_to_tfrecord_command_names_a_broken_file(tmp_path):
     with pytest.raises(SystemExit, match="bad.json: key 'annotations' is missing"):
         main(["data", "coco-to-tfrecord", "--images", str(tmp_path),
               "--annotations", str(tmp_path / "bad.json"), "--out", str(tmp_path / "x")])  # fmt: skip
+
+
+def test_synthetic_command_writes_both_splits(tmp_path, capsys):
+    main(
+        [
+            "data",
+            "synthetic",
+            "--out",
+            str(tmp_path / "s"),
+            "--num-train",
+            "3",
+            "--num-val",
+            "2",
+            "--seed",
+            "1",
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert "train: 3 images" in printed and "val: 2 images" in printed
+    assert len(list((tmp_path / "s" / "train").glob("*.jpg"))) == 3
+    with pytest.raises(SystemExit, match="num_train"):
+        main(["data", "synthetic", "--out", str(tmp_path / "t"), "--num-train", "-1"])
