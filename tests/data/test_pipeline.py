@@ -103,3 +103,29 @@ def test_copy_paste_in_the_pipeline_mixes_objects_of_two_images(coco, tmp_path, 
     counts = [int((labels["classes"][i] >= 0).sum()) for _, labels in _batches(dataset, 8) for i in range(4)]
     # Without pasting no image has more than 2 objects; with it some get 3 or more.
     assert max(counts) >= 3
+
+
+def test_eval_scales_map_model_pixels_back_to_original_boxes(tmp_path):
+    from spinenet_tf.data.synthetic import write_synthetic_coco
+    from spinenet_tf.evaluation import CocoEvaluator
+
+    split = write_synthetic_coco(tmp_path, num_train=0, num_val=5, seed=3, min_size=40, max_size=100)["val"]
+    source = coco_source(split["dir"], split["annotations_file"])
+    records = {r.image_id: r for r in read_coco(split["dir"], split["annotations_file"]).records}
+    evaluator = CocoEvaluator(split["annotations_file"])
+    for images, meta in eval_dataset(source, image_size=64, batch_size=2):
+        ids, scales = meta["image_id"].numpy(), meta["scale"].numpy()
+        k = max(len(records[i].classes) for i in ids)
+        boxes, classes = np.zeros((len(ids), k, 4)), np.zeros((len(ids), k), np.int32)
+        for row, image_id in enumerate(ids):  # ground truth as the model would see it
+            n = len(records[image_id].classes)
+            boxes[row, :n] = records[image_id].boxes * np.tile(scales[row], 2)
+            classes[row, :n] = records[image_id].classes
+        assert images.shape[1:] == (64, 64, 3) and (boxes <= 64 + 1e-3).all()
+        evaluator.update(ids, {"boxes": boxes, "scores": np.ones(classes.shape), "classes": classes}, scales)
+    metrics = evaluator.result()
+    assert (
+        evaluator.num_images == 5
+        and metrics["AP"] == pytest.approx(1.0)
+        and metrics["AP75"] == pytest.approx(1.0)
+    )

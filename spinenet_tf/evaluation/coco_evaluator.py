@@ -1,0 +1,310 @@
+"""COCO box AP / AR of detector outputs, scored by pycocotools on original-image pixels.
+
+`CocoEvaluator` takes `model.predict` batches (boxes in the model input's pixels), maps
+each box back to its original image and hands the lot to pycocotools' COCOeval, so the
+numbers are the ones published COCO results are compared against.
+"""
+
+import contextlib
+import copy
+import io
+import json
+import os
+from collections.abc import Mapping
+
+import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+COCO_METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
+_REQUIRED_FIELDS = {
+    "images": ("id", "height", "width"),
+    "annotations": ("id", "image_id", "category_id", "bbox", "area"),
+    "categories": ("id",),
+}
+
+
+class CocoEvaluator:
+    """Accumulates detections over an eval pass; `result()` gives the 12 COCO box metrics.
+
+    Scope: scoring covers only the images passed to `update` (COCOeval `params.imgIds`),
+    so a partial pass is scored on what it saw, and a seen image without detections counts
+    its objects as missed. Images never passed to `update` do not count at all.
+
+    Empty results: the metrics are pycocotools' own, including -1 for an area range with no
+    ground truth among the seen images. When nothing at all was predicted (pycocotools'
+    `loadRes` rejects an empty list) an empty result set is built directly and COCOeval
+    still runs, so every metric is 0.0 except those -1 entries.
+
+    Labels: class 0 is background and never reported. Without `label_to_category` a label
+    is its COCO category id and labels that are not ground-truth categories are dropped:
+    COCOeval ignores them anyway, and the unused ids of a 91-class COCO head must not stop
+    an eval. With `label_to_category`, a label missing from it is a ValueError.
+
+    Args:
+        ground_truth: path to a COCO instances JSON, a dict in that format (copied), or a
+            pycocotools `COCO` (used as is). Every image needs `height` and `width`.
+        label_to_category: optional mapping model class index -> COCO category id.
+        iou_type: "bbox"; the detections carry no masks, so nothing else is supported.
+    """
+
+    def __init__(self, ground_truth, label_to_category=None, iou_type="bbox"):
+        if iou_type != "bbox":
+            raise ValueError(
+                f"iou_type {iou_type!r} is not supported: only 'bbox' (detections carry no masks)"
+            )
+        self.ground_truth = ground_truth
+        self.label_to_category = label_to_category
+        self.iou_type = iou_type
+        self._coco = _load_ground_truth(ground_truth)
+        self._image_sizes = {
+            image["id"]: (image["height"], image["width"]) for image in self._coco.dataset["images"]
+        }
+        self._label_table = _label_table(label_to_category, set(self._coco.getCatIds()))
+        self.reset()
+
+    def reset(self):
+        """Forget every image and detection seen so far."""
+        self._seen = set()
+        self._image_ids, self._categories, self._boxes, self._scores = [], [], [], []
+        self._metrics, self._summary = None, None
+
+    @property
+    def num_images(self):
+        """Images passed to `update` since the last reset."""
+        return len(self._seen)
+
+    @property
+    def num_detections(self):
+        """Detections kept (after dropping padding, empty boxes and background) since the last reset."""
+        return sum(len(scores) for scores in self._scores)
+
+    def update(self, image_ids, detections, scales=None):
+        """Adds one predicted batch.
+
+        Args:
+            image_ids: [B] COCO image ids, each seen at most once per pass.
+            detections: dict of `boxes` [B, K, 4] ([ymin, xmin, ymax, xmax], model pixels),
+                `scores` [B, K], `classes` [B, K] and optionally `num_detections` [B] (rows
+                past it are padding; all K rows count when absent).
+            scales: model pixels per original pixel: None (1), [B], or [B, 2] as (y, x).
+        """
+        image_ids = np.asarray(image_ids)
+        if image_ids.ndim != 1:
+            raise ValueError(f"image_ids has shape {image_ids.shape}; expected [B]")
+        image_ids = image_ids.astype(np.int64)
+        batch = len(image_ids)
+        boxes, scores, classes, num_detections = _check_detections(detections, batch)
+        scales = _check_scales(scales, batch)
+        self._check_new_images(image_ids)
+
+        sizes = np.array([self._image_sizes[image_id] for image_id in image_ids.tolist()], np.float64)
+        limits = np.tile(sizes.reshape(batch, 2), 2)[:, None, :]  # [B, 1, 4] (h, w, h, w)
+        boxes = np.clip(boxes / np.tile(scales, 2)[:, None, :], 0.0, limits)
+        heights = boxes[..., 2] - boxes[..., 0]
+        widths = boxes[..., 3] - boxes[..., 1]
+        rows = np.arange(boxes.shape[1])[None, :] < num_detections[:, None]
+        keep = rows & (heights > 0) & (widths > 0) & (classes != 0)
+        categories = self._categories_of(classes[keep])
+        known = categories >= 0
+        xywh = np.stack([boxes[..., 1], boxes[..., 0], widths, heights], axis=-1)[keep]
+
+        self._seen.update(image_ids.tolist())
+        self._image_ids.append(np.broadcast_to(image_ids[:, None], keep.shape)[keep][known])
+        self._categories.append(categories[known])
+        self._boxes.append(xywh[known])
+        self._scores.append(scores[keep][known])
+        self._metrics, self._summary = None, None
+
+    def result(self):
+        """{name: float} for COCO_METRIC_NAMES, scored on the images seen since the last reset."""
+        if not self._seen:
+            raise ValueError("CocoEvaluator.result() called before any update(): no images to score")
+        if self._metrics is None:
+            self._metrics, self._summary = self._evaluate()
+        return dict(self._metrics)
+
+    def summary(self):
+        """pycocotools' printed metric table for the current results."""
+        self.result()
+        return self._summary
+
+    def _check_new_images(self, image_ids):
+        for image_id in image_ids.tolist():
+            if image_id not in self._image_sizes:
+                raise ValueError(f"image id {image_id} is not in the ground truth")
+        seen = set(self._seen)
+        for image_id in image_ids.tolist():
+            if image_id in seen:
+                raise ValueError(
+                    f"image id {image_id} was already passed to update(); call reset() between eval passes"
+                )
+            seen.add(image_id)
+
+    def _categories_of(self, labels):
+        """Category id per label; -1 for labels to drop (identity mapping, not a GT category)."""
+        table = self._label_table
+        in_table = (labels >= 0) & (labels < len(table))
+        categories = np.full(labels.shape, -1, np.int64)
+        categories[in_table] = table[labels[in_table]]
+        if self.label_to_category is not None and np.any(categories < 0):
+            label = int(labels[categories < 0][0])
+            raise ValueError(
+                f"class label {label} is not in label_to_category (labels {sorted(self.label_to_category)})"
+            )
+        return categories
+
+    def _evaluate(self):
+        detections = [
+            {"image_id": image_id, "category_id": category, "bbox": box, "score": score}
+            for image_id, category, box, score in zip(
+                np.concatenate(self._image_ids).tolist(),
+                np.concatenate(self._categories).tolist(),
+                np.concatenate(self._boxes).tolist(),
+                np.concatenate(self._scores).tolist(),
+            )
+        ]
+        with contextlib.redirect_stdout(io.StringIO()):
+            results = self._coco.loadRes(detections) if detections else _empty_results(self._coco)
+            evaluation = COCOeval(self._coco, results, self.iou_type)
+            evaluation.params.imgIds = sorted(self._seen)
+            evaluation.evaluate()
+            evaluation.accumulate()
+        table = io.StringIO()
+        with contextlib.redirect_stdout(table):
+            evaluation.summarize()
+        metrics = {name: float(value) for name, value in zip(COCO_METRIC_NAMES, evaluation.stats)}
+        return metrics, table.getvalue()
+
+
+def _load_ground_truth(ground_truth):
+    """A pycocotools COCO from a path, a dict (deep-copied: COCOeval writes into it) or a COCO."""
+    if isinstance(ground_truth, COCO):
+        _check_dataset(ground_truth.dataset, "ground-truth COCO object")
+        return ground_truth
+    if isinstance(ground_truth, Mapping):
+        dataset, source = copy.deepcopy(dict(ground_truth)), "ground-truth dict"
+    elif isinstance(ground_truth, (str, os.PathLike)):
+        source = os.fspath(ground_truth)
+        dataset = _read_json(source)
+    else:
+        raise TypeError(
+            f"ground_truth must be a path, a COCO-format dict or a pycocotools COCO, not {type(ground_truth)}"
+        )
+    _check_dataset(dataset, source)
+    coco = COCO()
+    coco.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def _read_json(path):
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"COCO ground-truth file {path} does not exist")
+    try:
+        with open(path, encoding="utf-8") as file:
+            return json.load(file)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"COCO ground-truth file {path} is not valid JSON: {error}") from error
+
+
+def _check_dataset(dataset, source):
+    """Structure COCOeval relies on; errors name the source, the list and the entry."""
+    if not isinstance(dataset, dict):
+        raise ValueError(
+            f"{source}: expected a COCO instances object at the top level, got {type(dataset).__name__}"
+        )
+    for key, fields in _REQUIRED_FIELDS.items():
+        if key not in dataset:
+            raise ValueError(
+                f"{source}: missing '{key}' (a COCO instances file needs {sorted(_REQUIRED_FIELDS)})"
+            )
+        for index, entry in enumerate(dataset[key]):
+            missing = [field for field in fields if field not in entry]
+            if missing:
+                raise ValueError(f"{source}: {key}[{index}] (id {entry.get('id')}) has no {missing}")
+
+
+def _label_table(label_to_category, category_ids):
+    """label -> category id as an array indexed by label; -1 where a label has no category."""
+    if label_to_category is None:
+        mapping = {category: category for category in category_ids if category > 0}
+    else:
+        mapping = {int(label): int(category) for label, category in dict(label_to_category).items()}
+        if any(label <= 0 for label in mapping):
+            raise ValueError(
+                f"label_to_category keys must be class labels > 0 (0 is background), got {sorted(mapping)}"
+            )
+        unknown = sorted(set(mapping.values()) - category_ids)
+        if unknown:
+            raise ValueError(
+                f"label_to_category maps to category ids {unknown} that are not ground-truth categories "
+                f"{sorted(category_ids)}"
+            )
+    table = np.full(max(mapping, default=-1) + 1, -1, np.int64)
+    for label, category in mapping.items():
+        table[label] = category
+    return table
+
+
+def _check_detections(detections, batch):
+    """(boxes [B, K, 4] float64, scores [B, K] float64, classes [B, K] int64, num_detections [B] int64)."""
+    missing = [key for key in ("boxes", "scores", "classes") if key not in detections]
+    if missing:
+        raise ValueError(f"detections has no {missing}; got keys {sorted(detections)}")
+    boxes = np.asarray(detections["boxes"], np.float64)
+    if boxes.ndim != 3 or boxes.shape[0] != batch or boxes.shape[2] != 4:
+        raise ValueError(
+            f"detections['boxes'] has shape {boxes.shape}; expected ({batch}, K, 4) for {batch} image ids"
+        )
+    expected = boxes.shape[:2]
+    scores = np.asarray(detections["scores"], np.float64)
+    classes = np.asarray(detections["classes"])
+    for key, value in (("scores", scores), ("classes", classes)):
+        if value.shape != expected:
+            raise ValueError(
+                f"detections['{key}'] has shape {value.shape}; expected {expected} to match "
+                f"detections['boxes'] {boxes.shape}"
+            )
+    if "num_detections" not in detections:
+        num_detections = np.full(batch, expected[1], np.int64)
+    else:
+        num_detections = np.asarray(detections["num_detections"])
+        if num_detections.shape != (batch,):
+            raise ValueError(
+                f"detections['num_detections'] has shape {num_detections.shape}; expected ({batch},)"
+            )
+        num_detections = num_detections.astype(np.int64)
+        if np.any((num_detections < 0) | (num_detections > expected[1])):
+            raise ValueError(
+                f"detections['num_detections'] {num_detections.tolist()} is outside [0, K={expected[1]}]"
+            )
+    return boxes, scores, classes.astype(np.int64), num_detections
+
+
+def _check_scales(scales, batch):
+    """[B, 2] (y, x) model pixels per original pixel."""
+    if scales is None:
+        return np.ones((batch, 2))
+    scales = np.asarray(scales, np.float64)
+    if scales.shape == (batch,):
+        scales = np.stack([scales, scales], axis=-1)
+    elif scales.shape != (batch, 2):
+        raise ValueError(f"scales has shape {scales.shape}; expected ({batch},) or ({batch}, 2) as (y, x)")
+    if not np.all(np.isfinite(scales) & (scales > 0)):
+        raise ValueError(f"scales must be positive and finite, got {scales.tolist()}")
+    return scales
+
+
+def _empty_results(ground_truth):
+    """A results COCO with no detections (loadRes cannot build one from an empty list)."""
+    results = COCO()
+    results.dataset = {
+        "images": list(ground_truth.dataset["images"]),
+        "categories": copy.deepcopy(ground_truth.dataset["categories"]),
+        "annotations": [],
+    }
+    results.createIndex()
+    return results
