@@ -35,6 +35,7 @@ bench: install
 	$(BIN)/python benchmarks/backbone_table.py
 	$(BIN)/python benchmarks/detector_table.py
 	$(BIN)/python benchmarks/target_assignment.py
+	$(BIN)/python benchmarks/input_pipeline.py
 
 arch: install
 	$(BIN)/spinenet arch --model 49 --out docs/spinenet49.png

@@ -1,6 +1,6 @@
 """Smoke tests: each benchmark script runs on a tiny config and writes its section."""
 
-from benchmarks import backbone_table, detector_table, target_assignment
+from benchmarks import backbone_table, detector_table, input_pipeline, target_assignment
 from benchmarks.report import write_section
 
 
@@ -33,3 +33,16 @@ def test_target_assignment_benchmark_writes_its_section(tmp_path):
     text = out.read_text()
     assert "| anchors at 128 px | 3,069 |" in text  # 9 x (16^2 + 8^2 + 4^2 + 2^2 + 1)
     assert "ms/image" in text
+
+
+def test_input_pipeline_benchmark_writes_its_section(tmp_path):
+    out = tmp_path / "BENCHMARKS.md"
+    input_pipeline.main(
+        ["--images", "4", "--size", "64", "--batch", "2", "--batches", "2", "--out", str(out)]
+    )
+    rows = [
+        line
+        for line in out.read_text().splitlines()
+        if line.startswith("| COCO") or line.startswith("| TFRecord")
+    ]
+    assert len(rows) == 4 and all(float(row.rsplit("|", 2)[1]) > 0 for row in rows)
