@@ -13,10 +13,9 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from spinenet_tf.data.synthetic import write_synthetic_coco  # noqa: E402
-
 from benchmarks.report import BENCHMARKS_FILE, write_section  # noqa: E402
 from spinenet_tf.data.pipeline import coco_source, tfrecord_source, train_dataset  # noqa: E402
+from spinenet_tf.data.synthetic import write_synthetic_coco  # noqa: E402
 from spinenet_tf.data.tfrecord import coco_to_tfrecord  # noqa: E402
 
 WARMUP_BATCHES = 3
