@@ -4,10 +4,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export TF_CPP_MIN_LOG_LEVEL ?= 2
+# `make train` trains the embedded default; CONFIG=... MODEL_DIR=... for other experiments.
+CONFIG ?= experiments/retinanet/synthetic.yaml
+MODEL_DIR ?= runs/$(basename $(notdir $(CONFIG)))
 # Tests are tiny models; two workers use both cores of a small machine.
 PYTEST_WORKERS ?= 2
 
-.PHONY: install test test-all lint format bench arch clean
+.PHONY: install test test-all lint format bench arch train eval clean
 
 install: $(STAMP)
 
@@ -36,6 +39,12 @@ bench: install
 	$(BIN)/python benchmarks/detector_table.py
 	$(BIN)/python benchmarks/target_assignment.py
 	$(BIN)/python benchmarks/input_pipeline.py
+
+train: install
+	$(BIN)/spinenet train --config $(CONFIG) --model-dir $(MODEL_DIR)
+
+eval: install
+	$(BIN)/spinenet eval --config $(CONFIG) --model-dir $(MODEL_DIR)
 
 arch: install
 	$(BIN)/spinenet arch --model 49 --out docs/spinenet49.png

@@ -75,6 +75,33 @@ def data_coco_to_tfrecord(args):
     )
 
 
+def _experiment(args):
+    from spinenet_tf.training.config import ConfigError, load_config
+
+    overrides = list(args.set) + ([f"runtime.strategy={args.strategy}"] if args.strategy else [])
+    try:
+        return load_config(args.config, overrides)
+    except ConfigError as error:
+        raise SystemExit(f"Invalid config: {error}") from error
+
+
+def train_command(args):
+    from spinenet_tf.training.config import ConfigError
+    from spinenet_tf.training.trainer import TrainingDiverged, train
+
+    config = _experiment(args)
+    try:
+        train(config, args.model_dir, verbose=args.verbose)
+    except (ConfigError, TrainingDiverged) as error:
+        raise SystemExit(f"spinenet train: {error}") from error
+
+
+def eval_command(args):
+    from spinenet_tf.training.trainer import evaluate
+
+    evaluate(_experiment(args), args.model_dir)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="spinenet", description="SpineNet models in Keras 3.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -87,6 +114,26 @@ def build_parser():
     draw.add_argument("--max-level", type=int, default=7)
     draw.add_argument("--block-specs", help="YAML file with a custom block table (default: SpineNet-49's)")
     draw.set_defaults(run=arch)
+
+    for name, run, help_text in [
+        ("train", train_command, "train an experiment (resumes from --model-dir)"),
+        ("eval", eval_command, "COCO-evaluate the latest checkpoint of --model-dir"),
+    ]:
+        command = commands.add_parser(name, help=help_text)
+        command.add_argument("--config", help="experiment YAML (experiments/retinanet/*.yaml)")
+        command.add_argument("--model-dir", required=True, help="checkpoints, logs and metrics.json go here")
+        command.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config value, e.g. --set train.total_steps=100",
+        )
+        command.add_argument("--strategy", help="shorthand for --set runtime.strategy=...")
+        command.add_argument(
+            "--verbose", type=int, default=1, help="Keras progress bar: 0 off, 1 bar, 2 line"
+        )
+        command.set_defaults(run=run)
 
     data = commands.add_parser("data", help="datasets: the embedded synthetic set, COCO -> TFRecord")
     data_commands = data.add_subparsers(dest="data_command", required=True)

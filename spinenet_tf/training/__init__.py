@@ -1,0 +1,1 @@
+"""Training application: typed experiment configs, the trainer, schedules."""
