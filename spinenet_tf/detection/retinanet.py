@@ -142,6 +142,7 @@ class RetinaNet(keras.Model):
             sync_batch_norm,
         )
         self._anchor_cache = {}
+        self.cross_replica_sum = None  # set by compile()
 
     # === Anchors and decoding ===
     def anchors(self, image_size):
@@ -174,8 +175,13 @@ class RetinaNet(keras.Model):
         return self.decode_predictions(outputs, image_size)
 
     # === Training ===
-    def compile(self, optimizer="auto", **kwargs):
+    def compile(self, optimizer="auto", cross_replica_sum=None, **kwargs):
         """Defaults to SGD with momentum 0.9, the paper's optimizer; the loss is built in.
+
+        `cross_replica_sum(value)`: under replicated data parallelism where each replica
+        runs its own step (tf.distribute), the sum of `value` over the replicas. It makes
+        the loss normalisation use the positives of the global batch, so the loss and
+        gradients equal those of one process on the same batch. The trainer passes it.
 
         The optimizer's slots are created here rather than in the first traced step: on
         TensorFlow a variable created while tracing makes tf.function trace the whole
@@ -186,6 +192,7 @@ class RetinaNet(keras.Model):
         if optimizer == "auto":
             optimizer = keras.optimizers.SGD(learning_rate=0.01, momentum=0.9, global_clipnorm=10.0)
         super().compile(optimizer=optimizer, **kwargs)
+        self.cross_replica_sum = cross_replica_sum
         self.optimizer.build(self.trainable_variables)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
@@ -196,24 +203,28 @@ class RetinaNet(keras.Model):
         class_targets, box_targets, class_weights, box_weights = assign_targets(
             anchors, boxes, classes, self.positive_threshold, self.negative_threshold
         )
-        normaliser = ops.sum(box_weights) + 1.0
+        replica_sum = self.cross_replica_sum or (lambda value: value)
+        normaliser = replica_sum(ops.sum(box_weights)) + 1.0
+        # Each replica's share of the global loss; their sum (what the optimizer's
+        # gradient all-reduce and Keras' loss tracker take) is the global loss.
+        replicas = replica_sum(ops.ones(()))
         positive = ops.expand_dims(ops.cast(class_targets >= 0, "float32"), -1)
         one_hot = ops.one_hot(ops.maximum(class_targets, 0), self.num_classes) * positive
         focal = sigmoid_focal_loss(one_hot, y_pred["class_logits"], self.focal_alpha, self.focal_gamma)
         class_loss = ops.sum(focal * ops.expand_dims(class_weights, -1)) / normaliser
         huber = ops.mean(huber_loss(box_targets, y_pred["box_deltas"], self.huber_delta), axis=-1)
         box_loss = ops.sum(huber * box_weights) / normaliser
-        total = class_loss + self.box_loss_weight * box_loss
+        regularisation = ops.zeros(())
         if self.weight_decay:
             kernels = [w for w in self.trainable_weights if w.path.endswith("kernel")]
-            total += (
+            regularisation += (
                 0.5
                 * self.weight_decay
                 * ops.sum(ops.stack([ops.sum(ops.square(ops.cast(w, "float32"))) for w in kernels]))
             )
         if self.losses:
-            total += ops.sum(ops.stack([ops.cast(loss, "float32") for loss in self.losses]))
-        return total
+            regularisation += ops.sum(ops.stack([ops.cast(loss, "float32") for loss in self.losses]))
+        return class_loss + self.box_loss_weight * box_loss + regularisation / replicas
 
     # === Serialization ===
     def get_config(self):

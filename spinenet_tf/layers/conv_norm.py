@@ -38,11 +38,12 @@ class ConvNormSettings:
         )
 
     def norm(self, name):
-        # Keras computes batch statistics in float32 under mixed precision.
+        # Keras computes batch statistics in float32 under mixed precision. Only TensorFlow
+        # runs a step per replica; JAX data parallelism takes statistics of the global batch.
         return keras.layers.BatchNormalization(
             momentum=self.norm_momentum,
             epsilon=self.norm_epsilon,
-            synchronized=self.sync_batch_norm,
+            synchronized=self.sync_batch_norm and keras.backend.backend() == "tensorflow",
             dtype=self.dtype,
             name=name,
         )

@@ -1,12 +1,13 @@
 """Training and evaluation of a RetinaNet experiment: `spinenet train` / `spinenet eval`.
 
-`fit` runs in whole checkpoint intervals (one Keras epoch = `checkpoint_interval` steps).
-Each interval ends with a tf.train.CheckpointManager save of weights, optimizer state and
-step; its index file is replaced atomically, so a write cut short leaves the last good
-checkpoint in place. On start, the latest checkpoint in the model dir is restored and
-training continues from its step with the same learning-rate curve.
+`fit` runs in whole checkpoint intervals (one Keras epoch = `checkpoint_interval` steps)
+and each interval ends with a checkpoint of weights, optimizer state and step (see
+`checkpoints.py`: written aside and renamed into place, so a write cut short never
+replaces the last good one). On start, the latest checkpoint in the model dir is restored
+and training continues from its step on the same learning-rate curve.
 """
 
+import collections
 import json
 import os
 import time
@@ -21,25 +22,14 @@ from spinenet_tf.data.pipeline import coco_source, eval_dataset, tfrecord_source
 from spinenet_tf.data.synthetic import write_synthetic_coco
 from spinenet_tf.detection.retinanet import RetinaNet
 from spinenet_tf.evaluation import CocoEvaluator
+from spinenet_tf.training.checkpoints import CheckpointDirectory
 from spinenet_tf.training.config import ConfigError, to_dict
+from spinenet_tf.training.distribute import make_distribution
 from spinenet_tf.training.schedule import WarmupStepDecay
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
-
-
-def make_strategy(runtime):
-    if runtime.strategy == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if runtime.strategy == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    if runtime.strategy == "tpu":
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=runtime.tpu or "")
-        tf.config.experimental_connect_to_cluster(resolver)
-        tf.tpu.experimental.initialize_tpu_system(resolver)
-        return tf.distribute.TPUStrategy(resolver)
-    return tf.distribute.get_strategy()
 
 
 def ensure_synthetic_dataset(data):
@@ -64,7 +54,7 @@ def make_source(split):
 
 
 def build_model(config):
-    """The compiled detector of `config` (call inside the strategy's scope)."""
+    """The detector of `config` (build it inside the distribution's scope, then compile)."""
     keras.config.set_dtype_policy(config.runtime.mixed_precision)
     size = config.data.image_size
     backbone_config = {**config.model.backbone, "image_shape": [size, size, 3]}
@@ -93,57 +83,45 @@ def make_optimizer(config):
     )
 
 
-class CheckpointEveryInterval(keras.callbacks.Callback):
-    def __init__(self, manager, optimizer):
+class TrainingProgress(keras.callbacks.Callback):
+    """Per step: images/s into the progress bar's logs, loss and learning rate to
+    TensorBoard, and a stop naming the step when the loss is NaN or infinite. At each
+    interval's end: a checkpoint. Keras epochs here are checkpoint intervals."""
+
+    def __init__(self, checkpoints, interval, batch_size, log_dir=None):
         super().__init__()
-        self.manager, self.optimizer = manager, optimizer
+        self.checkpoints, self.interval, self.batch_size = checkpoints, interval, batch_size
+        self.writer = tf.summary.create_file_writer(log_dir) if log_dir else None
+        self.epoch, self.step_ends = 0, collections.deque(maxlen=21)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = self.epoch * self.interval + batch + 1
+        loss = float(logs["loss"])
+        if not np.isfinite(loss):
+            raise TrainingDiverged(
+                f"loss became {loss} at step {step}; stopping. The last good checkpoint is kept: "
+                f"{self.checkpoints.latest or 'none yet'}. "
+                "Lower train.optimizer.learning_rate or check the data."
+            )
+        self.step_ends.append(time.perf_counter())
+        if len(self.step_ends) > 1:  # a window of recent steps: the first one includes tracing
+            logs["images_per_second"] = (
+                (len(self.step_ends) - 1) * self.batch_size / (self.step_ends[-1] - self.step_ends[0])
+            )
+        if self.writer:
+            learning_rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+            with self.writer.as_default(step=step):
+                tf.summary.scalar("loss", loss)
+                tf.summary.scalar("learning_rate", learning_rate)
+                if "images_per_second" in logs:
+                    tf.summary.scalar("images_per_second", logs["images_per_second"])
 
     def on_epoch_end(self, epoch, logs=None):
-        self.manager.save(checkpoint_number=int(self.optimizer.iterations.numpy()))
-
-
-class StopOnNonFiniteLoss(keras.callbacks.Callback):
-    """Stops with a message naming the step; no checkpoint is written for the broken interval."""
-
-    def __init__(self, manager, optimizer):
-        super().__init__()
-        self.manager, self.optimizer = manager, optimizer
-
-    def on_train_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not np.isfinite(float(loss)):
-            step = int(self.optimizer.iterations.numpy())
-            raise TrainingDiverged(
-                f"loss became {float(loss)} at step {step}; stopping. The last good checkpoint is kept: "
-                f"{self.manager.latest_checkpoint or 'none yet'}. Lower train.optimizer.learning_rate "
-                f"or check the data."
-            )
-
-
-class TensorBoardScalars(keras.callbacks.Callback):
-    """Loss, learning rate and images/s per `every` steps to TensorBoard."""
-
-    def __init__(self, log_dir, optimizer, batch_size, every=10):
-        super().__init__()
-        self.writer = tf.summary.create_file_writer(log_dir)
-        self.optimizer, self.batch_size, self.every = optimizer, batch_size, every
-        self.last_time, self.last_step = None, None
-
-    def on_train_batch_end(self, batch, logs=None):
-        step = int(self.optimizer.iterations.numpy())
-        if step % self.every:
-            return
-        now = time.perf_counter()
-        with self.writer.as_default(step=step):
-            tf.summary.scalar("loss", float(logs["loss"]))
-            tf.summary.scalar(
-                "learning_rate", float(keras.ops.convert_to_numpy(self.optimizer.learning_rate))
-            )
-            if self.last_time is not None:
-                tf.summary.scalar(
-                    "images_per_second", (step - self.last_step) * self.batch_size / (now - self.last_time)
-                )
-        self.last_time, self.last_step = now, step
+        self.checkpoints.save(self.model, (epoch + 1) * self.interval)
+        self.step_ends.clear()  # the save is not training time
 
 
 def _check_classes(config, source):
@@ -156,26 +134,7 @@ def _check_classes(config, source):
             )
 
 
-def _checkpoint_manager(model, model_dir, keep):
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
-    return checkpoint, tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, "checkpoints"), keep)
-
-
-def train(config, model_dir, verbose=1):
-    """Trains (resuming from `model_dir` when it holds a checkpoint), then evaluates; returns the metrics."""
-    os.makedirs(model_dir, exist_ok=True)
-    keras.utils.set_random_seed(config.runtime.seed)
-    ensure_synthetic_dataset(config.data)
-    strategy = make_strategy(config.runtime)
-    replicas = strategy.num_replicas_in_sync
-    if config.train.batch_size % replicas:
-        raise ConfigError(
-            f"train.batch_size: {config.train.batch_size} is not divisible by the {replicas} replicas of "
-            f"runtime.strategy={config.runtime.strategy}."
-        )
-    with open(os.path.join(model_dir, "config.yaml"), "w") as f:
-        yaml.safe_dump(to_dict(config), f, sort_keys=False)
-
+def _training_dataset(config):
     source = make_source(config.data.train)
     _check_classes(config, source)
     data = config.data
@@ -184,51 +143,80 @@ def train(config, model_dir, verbose=1):
         data.copy_paste_probability, data.shuffle_buffer, data.cache,
     )  # fmt: skip
     options = tf.data.Options()
+    # Workers of a multi-worker run take alternate per-replica slices of each global batch.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    dataset = dataset.with_options(options)
+    return dataset.with_options(options)
 
-    with strategy.scope():
+
+def _checkpoints(config, model_dir, write=True):
+    return CheckpointDirectory(os.path.join(model_dir, "checkpoints"), config.train.keep_checkpoints, write)
+
+
+def train(config, model_dir, verbose=1):
+    """Trains (resuming from `model_dir` when it holds a checkpoint), then evaluates.
+
+    Returns the COCO metrics (None on the non-chief workers of a multi-worker run).
+    """
+    distribution = make_distribution(config.runtime)  # first: multi-worker TF must start before any op
+    os.makedirs(model_dir, exist_ok=True)
+    keras.utils.set_random_seed(config.runtime.seed)
+    replicas = distribution.num_replicas
+    if config.train.batch_size % replicas:
+        raise ConfigError(
+            f"train.batch_size: {config.train.batch_size} is not divisible by the {replicas} "
+            f"replicas of runtime.strategy={config.runtime.strategy}."
+        )
+    print(f"strategy {distribution.name}: {replicas} replicas, global batch "
+          f"{config.train.batch_size}", flush=True)  # fmt: skip
+    if distribution.is_chief:
+        ensure_synthetic_dataset(config.data)
+        with open(os.path.join(model_dir, "config.yaml"), "w") as f:
+            yaml.safe_dump(to_dict(config), f, sort_keys=False)
+    dataset = _training_dataset(config)
+
+    checkpoints = _checkpoints(config, model_dir, write=distribution.is_chief)
+    with distribution.scope():
         model = build_model(config)
-        model.compile(optimizer=make_optimizer(config), jit_compile=config.runtime.jit_compile)
-        checkpoint, manager = _checkpoint_manager(model, model_dir, config.train.keep_checkpoints)
-        if manager.latest_checkpoint:
-            checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-    step = int(model.optimizer.iterations.numpy())
+        model.compile(optimizer=make_optimizer(config), cross_replica_sum=distribution.cross_replica_sum,
+                      jit_compile=config.runtime.jit_compile)  # fmt: skip
+        restored = checkpoints.restore(model)
+    step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
     interval = config.train.checkpoint_interval
-    if step:
-        print(f"resuming from {manager.latest_checkpoint} at step {step}", flush=True)
+    if restored:
+        print(f"resuming from {restored} at step {step}", flush=True)
     if step < config.train.total_steps:
-        callbacks = [
-            StopOnNonFiniteLoss(manager, model.optimizer),
-            CheckpointEveryInterval(manager, model.optimizer),
-            TensorBoardScalars(
-                os.path.join(model_dir, "logs", "train"), model.optimizer, config.train.batch_size
-            ),
-        ]
+        log_dir = os.path.join(model_dir, "logs", "train") if distribution.is_chief else None
+        progress = TrainingProgress(checkpoints, interval, config.train.batch_size, log_dir)
         model.fit(dataset, epochs=config.train.total_steps // interval, initial_epoch=step // interval,
-                  steps_per_epoch=interval, callbacks=callbacks, verbose=verbose)  # fmt: skip
+                  steps_per_epoch=interval, callbacks=[progress], verbose=verbose, shuffle=False)  # fmt: skip
+    if not distribution.is_chief:
+        return None
+    if replicas > 1:  # evaluate on one device, whatever the val batch sizes
+        distribution.release()
+        return evaluate(config, model_dir)
     return evaluate(config, model_dir, model)
 
 
 def evaluate(config, model_dir, model=None):
-    """COCO metrics of the val split, printed and written to metrics.json and TensorBoard."""
+    """COCO metrics of the val split, printed and written to metrics.json and TensorBoard.
+
+    Without `model`, the latest checkpoint in `model_dir` is loaded into a fresh one.
+    """
     if model is None:
         ensure_synthetic_dataset(config.data)
         model = build_model(config)
         model.compile(optimizer=make_optimizer(config))
-        checkpoint, manager = _checkpoint_manager(model, model_dir, config.train.keep_checkpoints)
-        if not manager.latest_checkpoint:
+        if not _checkpoints(config, model_dir).restore(model):
             raise FileNotFoundError(f"No checkpoint in {os.path.join(model_dir, 'checkpoints')} to evaluate.")
-        checkpoint.restore(manager.latest_checkpoint).expect_partial()
     split = config.data.val
-    evaluator = CocoEvaluator(split.annotations) if split.annotations else None
-    if evaluator is None:
+    if not split.annotations:
         raise ConfigError("data.val.annotations: COCO evaluation needs the val split's annotations JSON.")
+    evaluator = CocoEvaluator(split.annotations)
     for images, meta in eval_dataset(make_source(split), config.data.image_size, config.eval.batch_size):
-        detections = model.predict_on_batch(images)
+        detections = model.predict_on_batch(images.numpy())  # numpy: every backend takes it
         evaluator.update(meta["image_id"].numpy(), detections, meta["scale"].numpy())
     metrics = evaluator.result()
-    step = int(model.optimizer.iterations.numpy())
+    step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
     print(evaluator.summary(), flush=True)
     with open(os.path.join(model_dir, "metrics.json"), "w") as f:
         json.dump({"step": step, **metrics}, f, indent=2)

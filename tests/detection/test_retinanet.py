@@ -189,6 +189,22 @@ def test_weight_decay_is_half_l2_of_kernels():
     assert difference == pytest.approx(0.5 * 1e-2 * kernels, rel=1e-4)
 
 
+def test_replica_shares_of_the_loss_add_up_to_the_global_batch_loss():
+    """Two replicas each holding one copy of an image: their shares sum to the loss of one
+    process on both copies, because the positives are counted over the global batch."""
+    image, labels = synthetic_batch(1)
+    model = tiny_detector(weight_decay=1e-2)
+    both = repeated(image, labels, 2)
+    global_loss = float(model.compute_loss(both[0], both[1], model(both[0])))
+    model.cross_replica_sum = lambda value: 2 * value  # an all-reduce over 2 equal replicas
+    share = float(model.compute_loss(image, labels, model(image)))
+    assert 2 * share == pytest.approx(global_loss, rel=1e-5)
+    model.cross_replica_sum = None
+    assert (
+        2 * float(model.compute_loss(image, labels, model(image))) > global_loss * 1.01
+    )  # per-replica count
+
+
 def test_serialization_and_keras_file(tmp_path):
     model = tiny_detector(nms="class_agnostic", max_detections=7)
     run_serialization_test(model)

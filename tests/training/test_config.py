@@ -49,7 +49,7 @@ def test_overrides_are_typed_and_checked_like_the_file():
         (["model.backbone.model=49"], r"model.backbone.model: unknown key"),
         (["model.backbone.type=vgg"], r"model.backbone.type: 'vgg' is not one of the allowed values"),
         (
-            ["train.checkpoint_interval=7"],
+            ["train.total_steps=600", "train.checkpoint_interval=7"],
             r"train.checkpoint_interval: 7 does not divide train.total_steps 600",
         ),
         (["train.optimizer.decay_steps=[400, 200]"], r"train.optimizer.decay_steps: must increase"),
