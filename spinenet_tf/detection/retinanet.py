@@ -203,11 +203,12 @@ class RetinaNet(keras.Model):
         class_targets, box_targets, class_weights, box_weights = assign_targets(
             anchors, boxes, classes, self.positive_threshold, self.negative_threshold
         )
-        replica_sum = self.cross_replica_sum or (lambda value: value)
-        normaliser = replica_sum(ops.sum(box_weights)) + 1.0
-        # Each replica's share of the global loss; their sum (what the optimizer's
+        # The positives and the replica count of the global batch, in one all-reduce. Each
+        # replica computes its share of the global loss; their sum (what the optimizer's
         # gradient all-reduce and Keras' loss tracker take) is the global loss.
-        replicas = replica_sum(ops.ones(()))
+        local = ops.stack([ops.sum(box_weights), ops.ones(())])
+        positives, replicas = ops.unstack(self.cross_replica_sum(local) if self.cross_replica_sum else local)
+        normaliser = positives + 1.0
         positive = ops.expand_dims(ops.cast(class_targets >= 0, "float32"), -1)
         one_hot = ops.one_hot(ops.maximum(class_targets, 0), self.num_classes) * positive
         focal = sigmoid_focal_loss(one_hot, y_pred["class_logits"], self.focal_alpha, self.focal_gamma)
