@@ -102,6 +102,71 @@ def eval_command(args):
     evaluate(_experiment(args), args.model_dir)
 
 
+def export_command(args):
+    from spinenet_tf.export.from_run import export_run
+
+    try:
+        path, checkpoint = export_run(
+            args.model_dir, args.out, args.format, args.quantize, args.config, args.version,
+            args.calibration_images,
+        )  # fmt: skip
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"spinenet export: {error}") from error
+    print(f"exported {checkpoint} -> {path}")
+
+
+def _read_image(path):
+    import numpy as np
+    import tensorflow as tf
+
+    try:
+        data = tf.io.read_file(path)
+        return np.asarray(tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False))
+    except (tf.errors.OpError, ValueError) as error:
+        message = getattr(error, "message", str(error)).strip().splitlines()[0]
+        raise ValueError(f"{path}: cannot read it as an image ({message})") from error
+
+
+def predict_command(args):
+    import json
+    import os
+
+    from spinenet_tf.export.predictor import load_predictor
+    from spinenet_tf.viz.detections import draw_detections
+
+    try:
+        predictor = load_predictor(args.model)
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"spinenet predict: {error}") from error
+    os.makedirs(args.out, exist_ok=True)
+    results, failures = [], 0
+    for path in args.images:
+        try:
+            image = _read_image(path)
+        except ValueError as error:
+            print(f"skipped {error}", file=sys.stderr)
+            failures += 1
+            continue
+        detections = predictor(image)
+        stem = os.path.splitext(os.path.basename(path))[0]
+        picture = draw_detections(image, detections, predictor.labels, args.min_score)
+        picture.save(os.path.join(args.out, f"{stem}.png"))
+        found = [
+            {"box_yxyx": [round(float(v), 2) for v in box], "score": round(float(score), 4),
+             "class_id": int(class_id), "label": predictor.labels.get(int(class_id), str(int(class_id)))}
+            for box, score, class_id in zip(detections["boxes"], detections["scores"], detections["classes"])
+            if score >= args.min_score
+        ]  # fmt: skip
+        results.append(
+            {"image": path, "height": image.shape[0], "width": image.shape[1], "detections": found}
+        )
+        print(f"{path}: {len(found)} detections -> {os.path.join(args.out, stem + '.png')}")
+    with open(os.path.join(args.out, "detections.json"), "w") as f:
+        json.dump({"model": args.model, "images": results}, f, indent=1)
+    if failures:
+        raise SystemExit(f"spinenet predict: {failures} of {len(args.images)} images could not be read.")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="spinenet", description="SpineNet models in Keras 3.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -134,6 +199,24 @@ def build_parser():
             "--verbose", type=int, default=1, help="Keras progress bar: 0 off, 1 bar, 2 line"
         )
         command.set_defaults(run=run)
+
+    export = commands.add_parser("export", help="export a training run: SavedModel (TF Serving) or TFLite")
+    export.add_argument("--model-dir", required=True, help="a training run (config.yaml and checkpoints/)")
+    export.add_argument("--out", required=True, help="export/<name>: SavedModel versions or .tflite files")
+    export.add_argument("--format", choices=["saved_model", "tflite"], default="saved_model")
+    export.add_argument("--quantize", choices=["none", "fp16", "dynamic", "int8"], default="none",
+                        help="TFLite quantisation (int8 calibrates on the training images)")  # fmt: skip
+    export.add_argument("--config", help="experiment YAML (default: the run's config.yaml)")
+    export.add_argument("--version", type=int, help="SavedModel version (default: the next free one)")
+    export.add_argument("--calibration-images", type=int, default=100, help="int8 calibration images")
+    export.set_defaults(run=export_command)
+
+    predict = commands.add_parser("predict", help="run an exported model on images; PNGs and JSON out")
+    predict.add_argument("--model", required=True, help="a SavedModel directory or a .tflite file")
+    predict.add_argument("images", nargs="+", help="image files (JPEG, PNG, GIF, BMP)")
+    predict.add_argument("--out", required=True, help="directory for the drawn PNGs and detections.json")
+    predict.add_argument("--min-score", type=float, default=0.3, help="detections below it are left out")
+    predict.set_defaults(run=predict_command)
 
     data = commands.add_parser("data", help="datasets: the embedded synthetic set, COCO -> TFRecord")
     data_commands = data.add_subparsers(dest="data_command", required=True)

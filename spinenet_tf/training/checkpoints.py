@@ -61,6 +61,14 @@ class CheckpointDirectory:
         for old in self.steps()[: -self.keep]:
             shutil.rmtree(self.path(old), ignore_errors=True)
 
+    def restore_weights(self, model, path=None):
+        """Loads only the weights of the latest (or the given) checkpoint, for inference and export."""
+        path = path or self.latest
+        if path is None:
+            raise FileNotFoundError(f"No checkpoint in {self.directory}.")
+        model.load_weights(os.path.join(path, "model.weights.h5"))
+        return path
+
     def restore(self, model, path=None):
         """Loads the latest (or the given) checkpoint into a compiled model; returns its path or None."""
         path = path or self.latest

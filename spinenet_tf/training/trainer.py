@@ -8,6 +8,7 @@ and training continues from its step on the same learning-rate curve.
 """
 
 import collections
+import dataclasses
 import json
 import os
 import time
@@ -23,7 +24,7 @@ from spinenet_tf.data.synthetic import write_synthetic_coco
 from spinenet_tf.detection.retinanet import RetinaNet
 from spinenet_tf.evaluation import CocoEvaluator
 from spinenet_tf.training.checkpoints import CheckpointDirectory
-from spinenet_tf.training.config import ConfigError, to_dict
+from spinenet_tf.training.config import ConfigError, load_config, to_dict
 from spinenet_tf.training.distribute import make_distribution
 from spinenet_tf.training.schedule import WarmupStepDecay
 
@@ -195,6 +196,23 @@ def train(config, model_dir, verbose=1):
         distribution.release()
         return evaluate(config, model_dir)
     return evaluate(config, model_dir, model)
+
+
+def load_trained_model(model_dir, config_path=None, checkpoint=None):
+    """(float32 detector with a run's latest or given checkpoint, its config, the checkpoint path).
+
+    The config is the run's resolved `config.yaml` unless `config_path` is given. The
+    model is float32 whatever the run's mixed precision: for export and inference.
+    """
+    config_path = config_path or os.path.join(model_dir, "config.yaml")
+    if not os.path.exists(config_path):
+        raise FileNotFoundError(f"{config_path} not found: not a training run's model dir? Pass its config.")
+    config = load_config(config_path)
+    runtime = dataclasses.replace(config.runtime, mixed_precision="float32", sync_batch_norm=False)
+    config = dataclasses.replace(config, runtime=runtime)
+    model = build_model(config)
+    path = _checkpoints(config, model_dir).restore_weights(model, checkpoint)
+    return model, config, path
 
 
 def evaluate(config, model_dir, model=None):

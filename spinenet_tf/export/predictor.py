@@ -1,0 +1,86 @@
+"""One interface over exported models: a SavedModel directory or a .tflite file.
+
+`load_predictor(path)(image)` takes a uint8 [H, W, 3] image of any size and returns its
+detections in that image's pixels, as numpy arrays trimmed to the real detections.
+"""
+
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from spinenet_tf.export.saved_model import LABELS_FILE, latest_version_dir
+from spinenet_tf.export.serving import letterbox
+from spinenet_tf.export.tflite import TFLiteDetector
+
+TFLITE_LABELS_FILE = "labels.json"
+
+
+def _read_labels(path):
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return {int(k): v for k, v in json.load(f)["labels"].items()}
+
+
+def _trim(outputs, index=0):
+    count = int(np.asarray(outputs["num_detections"])[index])
+    return {
+        "boxes": np.asarray(outputs["detection_boxes"])[index, :count],
+        "scores": np.asarray(outputs["detection_scores"])[index, :count],
+        "classes": np.asarray(outputs["detection_classes"])[index, :count].astype(np.int64),
+    }
+
+
+class SavedModelPredictor:
+    """A SavedModel export (a version directory, or its base directory: the latest version)."""
+
+    def __init__(self, path):
+        self.path = latest_version_dir(path)
+        self.loaded = tf.saved_model.load(self.path)
+        self.serve = self.loaded.signatures["serving_default"]
+        self.labels = _read_labels(os.path.join(self.path, LABELS_FILE))
+
+    def __call__(self, image):
+        return _trim(self.serve(images=tf.constant(np.asarray(image, np.uint8)[None])))
+
+
+class TFLitePredictor:
+    """A .tflite export: letterboxes on the host, maps boxes back to the image's pixels."""
+
+    def __init__(self, path, num_threads=None):
+        self.path = str(path)
+        self.detector = TFLiteDetector(path, num_threads)
+        self.labels = _read_labels(os.path.join(os.path.dirname(self.path), TFLITE_LABELS_FILE))
+
+    def __call__(self, image):
+        image = np.asarray(image, np.uint8)
+        letterboxed, scale, _ = letterbox(tf.constant(image), self.detector.image_size)
+        letterboxed = np.clip(np.round(letterboxed.numpy()), 0, 255).astype(np.uint8)
+        detections = _trim(self.detector(letterboxed))
+        limits = np.array(image.shape[:2] * 2, np.float32)
+        detections["boxes"] = np.minimum(detections["boxes"] / np.tile(scale.numpy(), 2), limits)
+        return detections
+
+
+def load_predictor(path, num_threads=None):
+    """A predictor for a .tflite file or a SavedModel directory."""
+    path = str(path)
+    if path.endswith(".tflite"):
+        return TFLitePredictor(path, num_threads)
+    if os.path.isdir(path):
+        return SavedModelPredictor(path)
+    raise FileNotFoundError(f"{path} is neither a .tflite file nor a SavedModel directory.")
+
+
+def coco_metrics(predictor, source, annotations_file):
+    """The 12 COCO metrics of an exported model on a dataset source (see data.pipeline)."""
+    from spinenet_tf.data.pipeline import decode
+    from spinenet_tf.evaluation import CocoEvaluator
+
+    evaluator = CocoEvaluator(annotations_file)
+    for example in source.dataset().map(decode).ignore_errors():
+        detections = predictor(example["image"].numpy())
+        evaluator.update(example["image_id"].numpy()[None], {k: v[None] for k, v in detections.items()})
+    return evaluator.result()

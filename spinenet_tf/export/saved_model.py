@@ -1,0 +1,68 @@
+"""SavedModel export in the TF Serving layout: `<base_dir>/<version>/` with three signatures.
+
+The SavedModel holds the whole graph (preprocessing, network, post-processing) and the
+weights, so it loads with plain TensorFlow; neither Keras nor spinenet_tf is needed.
+"""
+
+import json
+import os
+import shutil
+
+import keras
+import tensorflow as tf
+
+from spinenet_tf.export.serving import DetectorServing
+
+SIGNATURES = ("serving_default", "serve_image_bytes", "serve_tf_example")
+LABELS_FILE = os.path.join("assets.extra", "labels.json")
+
+
+def next_version(base_dir):
+    """1 + the largest numeric version directory in `base_dir` (1 when there is none)."""
+    versions = (
+        [int(name) for name in os.listdir(base_dir) if name.isdigit()] if os.path.isdir(base_dir) else []
+    )
+    return max(versions, default=0) + 1
+
+
+def latest_version_dir(path):
+    """`path` itself if it holds a saved_model.pb, else its largest numeric version directory."""
+    if os.path.exists(os.path.join(path, "saved_model.pb")):
+        return path
+    version = next_version(path) - 1
+    if version == 0:
+        raise FileNotFoundError(f"{path} holds no SavedModel (no saved_model.pb and no version directory).")
+    return os.path.join(path, str(version))
+
+
+def export_saved_model(model, base_dir, version=None, labels=None):
+    """Writes `base_dir/<version>/` (version: the next free one by default) and returns its path.
+
+    `labels` ({class id: name}) go to `assets.extra/labels.json` for `spinenet predict`.
+    The version is written aside and renamed into place, so TF Serving, which watches
+    `base_dir`, never sees a half-written one.
+    """
+    version = next_version(base_dir) if version is None else int(version)
+    target = os.path.join(base_dir, str(version))
+    if os.path.exists(target):
+        raise FileExistsError(f"{target} exists; choose another version or remove it.")
+    serving = DetectorServing(model)
+    size = serving.image_size
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", serving.serve_images, [tf.TensorSpec(None, tf.uint8, "images")])
+    archive.add_endpoint(
+        "serve_image_bytes", serving.serve_image_bytes, [tf.TensorSpec([None], tf.string, "image_bytes")]
+    )
+    archive.add_endpoint(
+        "serve_tf_example", serving.serve_tf_example, [tf.TensorSpec([None], tf.string, "examples")]
+    )
+    partial = os.path.join(base_dir, f".{version}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    archive.write_out(partial, verbose=False)
+    if labels:
+        os.makedirs(os.path.join(partial, "assets.extra"), exist_ok=True)
+        with open(os.path.join(partial, LABELS_FILE), "w") as f:
+            json.dump({"image_size": size, "labels": {str(k): v for k, v in labels.items()}}, f, indent=1)
+    os.replace(partial, target)
+    return target

@@ -1,0 +1,130 @@
+"""Serving graphs: images, encoded image bytes or tf.Examples in; final detections out.
+
+Every input is prepared like the eval pipeline (longest side resized to the model size,
+zero padding bottom/right, ImageNet normalisation) inside the graph, and detections are
+mapped back to the pixels of each input image. Bad requests fail with an error naming
+the input, the batch index and the problem.
+"""
+
+import tensorflow as tf
+
+from spinenet_tf.data import augment
+
+# Post-processing ops live under this name scope, so that int8 quantisation can leave them in float.
+POSTPROCESS_SCOPE = "postprocess"
+# First bytes of the formats tf.io.decode_image reads.
+IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
+
+
+def model_image_size(model):
+    """The static square input size of a detector built for serving."""
+    height, width = model.input.shape[1:3]
+    if height is None or height != width:
+        raise ValueError(f"Export needs a detector built for a static square input, got {height}x{width}.")
+    return int(height)
+
+
+def letterbox(image, image_size):
+    """uint8 [H, W, 3] -> (float32 [S, S, 3] 0..255, scale (y, x), original size (H, W)) as in evaluation."""
+    resized, scale = augment.resize_and_pad(image, image_size)
+    return resized, scale, tf.shape(image)[:2]
+
+
+def detect_letterboxed(model, images):
+    """Letterboxed float images [B, S, S, 3] (0..255) -> (raw outputs, detections in model pixels)."""
+    raw = model(augment.normalise_image(images), training=False)
+    with tf.name_scope(POSTPROCESS_SCOPE):
+        detections = model.decode_predictions(raw, tuple(images.shape[1:3]))
+    return raw, detections
+
+
+def to_serving_outputs(detections, scales=None, original_sizes=None):
+    """Detections -> the serving output names; boxes divided by `scales` and clipped to the originals."""
+    boxes = detections["boxes"]
+    if scales is not None:
+        with tf.name_scope(POSTPROCESS_SCOPE):
+            boxes = boxes / tf.tile(scales, [1, 2])[:, None, :]
+            boxes = tf.minimum(boxes, tf.cast(tf.tile(original_sizes, [1, 2]), tf.float32)[:, None, :])
+    return {
+        "detection_boxes": boxes,
+        "detection_scores": detections["scores"],
+        "detection_classes": detections["classes"],
+        "num_detections": detections["num_detections"],
+    }
+
+
+def _with_size_check(image, where):
+    """`image` [..., H, W, 3], once its height and width are known to be positive."""
+    size = tf.shape(image)[-3:-1]
+    check = tf.debugging.assert_positive(
+        size, message=f"{where}: an image has zero height or width; (H, W) ="
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(image)
+
+
+def _decode(encoded, index, input_name):
+    """Encoded bytes -> uint8 [H, W, 3]; unknown or empty data is an error naming its batch index."""
+    known = tf.reduce_any(
+        [tf.strings.substr(encoded, 0, len(signature)) == signature for signature in IMAGE_SIGNATURES]
+    )
+    message = tf.strings.format(
+        input_name + "[{}] is not a JPEG, PNG, GIF or BMP image ({} bytes, starting {})",
+        (index, tf.strings.length(encoded), tf.strings.substr(encoded, 0, 8)),
+    )
+    with tf.control_dependencies([tf.debugging.Assert(known, [message])]):
+        image = tf.io.decode_image(encoded, channels=3, dtype=tf.uint8, expand_animations=False)
+    return tf.ensure_shape(image, [None, None, 3])
+
+
+class DetectorServing:
+    """The serving functions of a detector (a RetinaNet built for a static square input)."""
+
+    def __init__(self, model):
+        self.model = model
+        self.image_size = model_image_size(model)
+
+    def _detect_each(self, prepare, elements):
+        """Applies `prepare(element, index) -> uint8 image` per batch element, then detects."""
+        indices = tf.range(tf.shape(elements)[0])
+
+        def one(pair):
+            image = prepare(*pair)
+            return letterbox(image, self.image_size)
+
+        signature = (
+            tf.TensorSpec([self.image_size, self.image_size, 3], tf.float32),
+            tf.TensorSpec([2], tf.float32),
+            tf.TensorSpec([2], tf.int32),
+        )
+        images, scales, sizes = tf.map_fn(one, (elements, indices), fn_output_signature=signature)
+        _, detections = detect_letterboxed(self.model, images)
+        return to_serving_outputs(detections, scales, sizes)
+
+    def serve_images(self, images):
+        """uint8 images [B, H, W, 3] of any one size.
+
+        The signature declares no shape, so that a wrong one is caught by this check,
+        whose error names the tensor, its shape and the expected one.
+        """
+        images = tf.ensure_shape(images, [None, None, None, 3])
+        return self._detect_each(lambda image, index: image, _with_size_check(images, "images"))
+
+    def serve_image_bytes(self, image_bytes):
+        """Encoded JPEG/PNG/GIF/BMP strings [B], each of its own size."""
+
+        def prepare(encoded, index):
+            return _with_size_check(_decode(encoded, index, "image_bytes"), "image_bytes")
+
+        return self._detect_each(prepare, image_bytes)
+
+    def serve_tf_example(self, examples):
+        """Serialized tf.Example protos [B] with the image in `image/encoded`."""
+        encoded = tf.io.parse_example(examples, {"image/encoded": tf.io.FixedLenFeature([], tf.string)})[
+            "image/encoded"
+        ]
+
+        def prepare(data, index):
+            return _with_size_check(_decode(data, index, "examples: image/encoded of example"), "examples")
+
+        return self._detect_each(prepare, encoded)

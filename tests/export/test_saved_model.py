@@ -1,0 +1,160 @@
+"""SavedModel export: parity with Keras, self-contained loading, signatures, bad requests."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from spinenet_tf.data.augment import normalise_image
+from spinenet_tf.export import export_saved_model, load_predictor
+from spinenet_tf.export.serving import letterbox
+from tests.export.fixtures import encode, random_image, spread_detector
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    model = spread_detector()
+    base = tmp_path_factory.mktemp("export") / "tiny"
+    path = export_saved_model(model, str(base), labels={1: "one", 2: "two"})
+    return model, base, path, tf.saved_model.load(path)
+
+
+def keras_detections(model, image):
+    """The Keras model on one image, prepared like evaluation, boxes mapped back to its pixels."""
+    letterboxed, scale, _ = letterbox(tf.constant(image), model.input.shape[1])
+    detections = model.predict_on_batch(normalise_image(letterboxed)[None].numpy())
+    count = int(detections["num_detections"][0])
+    limits = np.array(image.shape[:2] * 2, np.float32)
+    boxes = np.minimum(detections["boxes"][0, :count] / np.tile(scale.numpy(), 2), limits)
+    return boxes, detections["scores"][0, :count], detections["classes"][0, :count]
+
+
+def assert_same_detections(outputs, index, expected):
+    boxes, scores, classes = expected
+    count = int(outputs["num_detections"][index])
+    assert count == len(scores) > 10  # the spread head gives many detections
+    np.testing.assert_array_equal(outputs["detection_classes"][index, :count], classes)
+    np.testing.assert_allclose(outputs["detection_scores"][index, :count], scores, rtol=1e-5, atol=1e-6)
+    tolerance = 1e-3 * max(1.0, float(np.abs(boxes).max()))  # 1e-3 px relative to the image scale
+    np.testing.assert_allclose(outputs["detection_boxes"][index, :count], boxes, atol=tolerance, rtol=0)
+
+
+def test_export_writes_a_versioned_layout_with_labels(exported):
+    _, base, path, _ = exported
+    assert path == os.path.join(str(base), "1")
+    assert os.path.exists(os.path.join(path, "saved_model.pb"))
+    assert load_predictor(str(base)).labels == {1: "one", 2: "two"}  # the base dir resolves to version 1
+    assert not [name for name in os.listdir(base) if name.endswith(".partial")]
+
+
+def test_three_signatures_equal_the_keras_model(exported):
+    model, _, _, loaded = exported
+    tall, wide = random_image(150, 90, seed=1), random_image(70, 200, seed=2)
+    expected_tall, expected_wide = keras_detections(model, tall), keras_detections(model, wide)
+
+    outputs = loaded.signatures["serving_default"](images=tf.constant(np.stack([tall, tall])))
+    assert_same_detections(outputs, 0, expected_tall)
+    assert_same_detections(outputs, 1, expected_tall)
+
+    outputs = loaded.signatures["serve_image_bytes"](image_bytes=tf.constant([encode(tall), encode(wide)]))
+    assert_same_detections(outputs, 0, expected_tall)
+    assert_same_detections(outputs, 1, expected_wide)
+
+    example = tf.train.Example(
+        features=tf.train.Features(
+            feature={"image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[encode(wide)]))}
+        )
+    )
+    outputs = loaded.signatures["serve_tf_example"](examples=tf.constant([example.SerializeToString()]))
+    assert_same_detections(outputs, 0, expected_wide)
+    assert outputs["detection_boxes"].shape == (1, 100, 4)
+    assert outputs["detection_classes"].dtype == tf.int32
+
+
+def test_loads_and_runs_in_a_process_without_spinenet_tf_or_keras(exported, tmp_path):
+    model, _, path, _ = exported
+    image = random_image(96, 120, seed=3)
+    np.save(tmp_path / "image.npy", image)
+    script = textwrap.dedent(
+        f"""
+        import importlib.abc, importlib.machinery, json, sys
+        import numpy as np
+
+        class Hide(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+            # Finds spinenet_tf and keras but refuses to load them (TF only probes for keras).
+            def find_spec(self, name, path, target=None):
+                if name.split(".")[0] in ("spinenet_tf", "keras"):
+                    return importlib.machinery.ModuleSpec(name, self)
+
+            def create_module(self, spec):
+                raise ImportError(f"{{spec.name}} is hidden")
+
+        sys.meta_path.insert(0, Hide())
+        import tensorflow as tf
+        for hidden in ("spinenet_tf", "keras"):
+            try:
+                __import__(hidden)
+                sys.exit(hidden + " was importable")
+            except ImportError:
+                pass
+        loaded = tf.saved_model.load({str(path)!r})
+        image = np.load({str(tmp_path / "image.npy")!r})[None]
+        out = loaded.signatures["serving_default"](images=tf.constant(image))
+        print(json.dumps({{k: v.numpy().tolist() for k, v in out.items()}}))
+        assert not any(m.split(".")[0] in ("spinenet_tf", "keras") for m in sys.modules)
+        """
+    )
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=environment,
+                            cwd=tmp_path, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    import json
+
+    outputs = {k: np.array(v) for k, v in json.loads(result.stdout.strip().splitlines()[-1]).items()}
+    assert_same_detections(outputs, 0, keras_detections(model, image))
+
+
+def test_saved_model_cli_lists_the_signatures(exported):
+    _, _, path, _ = exported
+    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    shown = subprocess.run([cli, "show", "--dir", path, "--all"], capture_output=True, text=True, timeout=300)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    for signature, input_name in [("serving_default", "images"), ("serve_image_bytes", "image_bytes"),
+                                  ("serve_tf_example", "examples")]:  # fmt: skip
+        assert f"signature_def['{signature}']" in shown.stdout
+        assert f"inputs['{input_name}']" in shown.stdout
+    for output in ("detection_boxes", "detection_scores", "detection_classes", "num_detections"):
+        assert f"outputs['{output}']" in shown.stdout
+
+
+def error_of(call):
+    with pytest.raises((tf.errors.InvalidArgumentError, TypeError, ValueError)) as info:
+        call()
+    return str(info.value)
+
+
+def test_bad_requests_get_errors_naming_the_problem(exported):
+    _, _, _, loaded = exported
+    serve = loaded.signatures["serving_default"]
+    serve_bytes = loaded.signatures["serve_image_bytes"]
+
+    message = error_of(lambda: serve(images=tf.zeros([1, 64, 64, 3], tf.float32)))
+    assert "expected to be a uint8 tensor but is a float tensor" in message
+    message = error_of(lambda: serve(images=tf.zeros([64, 64, 3], tf.uint8)))
+    assert "Shape of tensor images [64,64,3] is not compatible with expected shape [?,?,?,3]" in message
+    message = error_of(lambda: serve(images=tf.zeros([1, 64, 64, 4], tf.uint8)))
+    assert "Shape of tensor images [1,64,64,4] is not compatible with expected shape [?,?,?,3]" in message
+    message = error_of(lambda: serve(images=tf.zeros([1, 0, 64, 3], tf.uint8)))
+    assert "images: an image has zero height or width" in message
+
+    good = encode(random_image(64, 64))
+    message = error_of(lambda: serve_bytes(image_bytes=tf.constant([good, good, b"not an image at all"])))
+    assert "image_bytes[2] is not a JPEG, PNG, GIF or BMP image (19 bytes" in message
+    message = error_of(lambda: serve_bytes(image_bytes=tf.constant([b"", good])))
+    assert "image_bytes[0] is not a JPEG, PNG, GIF or BMP image (0 bytes" in message
+    message = error_of(lambda: loaded.signatures["serve_tf_example"](examples=tf.constant([b"\x00garbage"])))
+    assert "Could not parse example input" in message
