@@ -34,6 +34,37 @@ def cross_replica_sum(value):
     return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
 
 
+def _multi_worker_mirrored_strategy():
+    """MultiWorkerMirroredStrategy whose `reduce` also takes what Keras 3's `fit` gives it.
+
+    With more than one worker, Keras 3.15's TensorFlow trainer (`fit`) calls `reduce` in
+    two ways the stock strategy rejects (MirroredStrategy maps its reduction over nests,
+    and Keras passes `axis=0` for the logs only under multi-worker):
+
+    - `_maybe_symbolic_build` reduces the whole first batch, an (images, labels) nest of
+      PerReplica values, with `reduce("MEAN", batch, axis=None)`. The multi-worker
+      reduction takes one value only and tries to convert the nest to a tensor: "Attempt
+      to convert a value (PerReplica...) to a Tensor". (One worker passes: it returns the
+      nest as it is without a collective.)
+    - each step's logs (scalars such as the loss) are reduced with
+      `reduce("MEAN", value, axis=0)`, and a scalar has no axis 0.
+
+    Here a nest is reduced value by value, and `axis` is dropped for a scalar (its mean
+    over the replicas, what MirroredStrategy gives for the same logs).
+    """
+    import tensorflow as tf
+
+    class Strategy(tf.distribute.MultiWorkerMirroredStrategy):
+        def reduce(self, reduce_op, value, axis=None):
+            def reduce_one(one):
+                rank = self.experimental_local_results(one)[0].shape.rank
+                return super(Strategy, self).reduce(reduce_op, one, None if rank == 0 else axis)
+
+            return tf.nest.map_structure(reduce_one, value)
+
+    return Strategy()  # the cluster comes from TF_CONFIG
+
+
 def _tensorflow(strategy_name, tpu_address):
     import tensorflow as tf
 
@@ -41,7 +72,7 @@ def _tensorflow(strategy_name, tpu_address):
         devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
         strategy = tf.distribute.MirroredStrategy([device.name for device in devices])
     elif strategy_name == "multi_worker":
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()  # the cluster comes from TF_CONFIG
+        strategy = _multi_worker_mirrored_strategy()
     elif strategy_name == "tpu":
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu_address or "")
         tf.config.experimental_connect_to_cluster(resolver)

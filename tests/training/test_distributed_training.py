@@ -85,11 +85,6 @@ def free_port():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="Keras 3.15 fit() under a two-worker MultiWorkerMirroredStrategy fails in its symbolic build "
-    "('Attempt to convert a value (PerReplica...) to a Tensor'); one worker trains. Open in issue 5.",
-)
 def test_two_worker_processes_give_the_one_process_loss(one_device, tmp_path):
     data_dir, reference = one_device
     config, model_dir = experiment(tmp_path, data_dir), tmp_path / "model"
