@@ -125,6 +125,6 @@ class DetectorServing:
         ]
 
         def prepare(data, index):
-            return _with_size_check(_decode(data, index, "examples: image/encoded of example"), "examples")
+            return _with_size_check(_decode(data, index, "image/encoded of examples"), "examples")
 
         return self._detect_each(prepare, encoded)

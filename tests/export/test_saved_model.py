@@ -33,6 +33,14 @@ def keras_detections(model, image):
     return boxes, detections["scores"][0, :count], detections["classes"][0, :count]
 
 
+def example_of(encoded):
+    """A serialized tf.Example holding `encoded` as its image."""
+    feature = tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded]))
+    return tf.train.Example(
+        features=tf.train.Features(feature={"image/encoded": feature})
+    ).SerializeToString()
+
+
 def assert_same_detections(outputs, index, expected):
     boxes, scores, classes = expected
     count = int(outputs["num_detections"][index])
@@ -64,12 +72,7 @@ def test_three_signatures_equal_the_keras_model(exported):
     assert_same_detections(outputs, 0, expected_tall)
     assert_same_detections(outputs, 1, expected_wide)
 
-    example = tf.train.Example(
-        features=tf.train.Features(
-            feature={"image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[encode(wide)]))}
-        )
-    )
-    outputs = loaded.signatures["serve_tf_example"](examples=tf.constant([example.SerializeToString()]))
+    outputs = loaded.signatures["serve_tf_example"](examples=tf.constant([example_of(encode(wide))]))
     assert_same_detections(outputs, 0, expected_wide)
     assert outputs["detection_boxes"].shape == (1, 100, 4)
     assert outputs["detection_classes"].dtype == tf.int32
@@ -156,5 +159,8 @@ def test_bad_requests_get_errors_naming_the_problem(exported):
     assert "image_bytes[2] is not a JPEG, PNG, GIF or BMP image (19 bytes" in message
     message = error_of(lambda: serve_bytes(image_bytes=tf.constant([b"", good])))
     assert "image_bytes[0] is not a JPEG, PNG, GIF or BMP image (0 bytes" in message
-    message = error_of(lambda: loaded.signatures["serve_tf_example"](examples=tf.constant([b"\x00garbage"])))
+    serve_examples = loaded.signatures["serve_tf_example"]
+    message = error_of(lambda: serve_examples(examples=tf.constant([b"\x00garbage"])))
     assert "Could not parse example input" in message
+    message = error_of(lambda: serve_examples(examples=tf.constant([example_of(b"GIF")])))
+    assert "image/encoded of examples[0] is not a JPEG, PNG, GIF or BMP image (3 bytes" in message
