@@ -7,10 +7,13 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 # `make train` trains the embedded default; CONFIG=... MODEL_DIR=... for other experiments.
 CONFIG ?= experiments/retinanet/synthetic.yaml
 MODEL_DIR ?= runs/$(basename $(notdir $(CONFIG)))
+# `make export` exports MODEL_DIR's latest checkpoint to export/NAME (SavedModel + TFLite).
+NAME ?= $(basename $(notdir $(CONFIG)))
+QUANTIZE ?= none
 # Tests are tiny models; two workers use both cores of a small machine.
 PYTEST_WORKERS ?= 2
 
-.PHONY: install test test-all lint format bench arch train eval clean
+.PHONY: install test test-all lint format bench arch train eval export clean
 
 install: $(STAMP)
 
@@ -39,12 +42,22 @@ bench: install
 	$(BIN)/python benchmarks/detector_table.py
 	$(BIN)/python benchmarks/target_assignment.py
 	$(BIN)/python benchmarks/input_pipeline.py
+	$(BIN)/python benchmarks/cpu_inference.py
+	$(BIN)/python benchmarks/training_throughput.py
+	KERAS_BACKEND=jax $(BIN)/python benchmarks/training_throughput.py --accelerator
+	$(BIN)/python benchmarks/accuracy_budget.py
+	$(BIN)/python benchmarks/plot.py
+	$(BIN)/python benchmarks/export_formats.py --model-dir $(MODEL_DIR)
 
 train: install
 	$(BIN)/spinenet train --config $(CONFIG) --model-dir $(MODEL_DIR)
 
 eval: install
 	$(BIN)/spinenet eval --config $(CONFIG) --model-dir $(MODEL_DIR)
+
+export: install
+	$(BIN)/spinenet export --model-dir $(MODEL_DIR) --out export/$(NAME)
+	$(BIN)/spinenet export --model-dir $(MODEL_DIR) --out export/$(NAME) --format tflite --quantize $(QUANTIZE)
 
 arch: install
 	$(BIN)/spinenet arch --model 49 --out docs/spinenet49.png

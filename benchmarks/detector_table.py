@@ -60,7 +60,9 @@ zoo's rounded 34.0M (ours uses keras.applications' ResNet-50, whose convs carry 
 MAC references are the model zoo's "FLOPs" (multiply-adds). Ours count convolution and
 dense multiply-adds only, which is why they sit 0.1-0.2% under the zoo's.
 The zoo's 49S row (33.8 G) was measured with 256 endpoint filters ("49S-256"); the
-published scaling table's 128 gives the "49S" row."""
+published scaling table's 128 gives the "49S" row. Neither the paper nor the zoo publishes
+a RetinaNet for 143L (it appears only in Model Garden's scaling table), so its MAC reference
+is "n/a"; its parameter reference is Model Garden's RetinaNet built with SpineNet-143L."""
     write_section(
         "detector", "RetinaNet detectors: parameters and MACs", "\n".join(rows) + "\n\n" + notes, args.out
     )

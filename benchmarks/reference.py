@@ -18,12 +18,15 @@ PAPER_RESOLUTION = {"49S": 640, "49": 640, "96": 1024, "143": 1280, "143L": 1280
 # trainable parameters to the integer, and the model zoo's MACs ("FLOPs") in G.
 # 49S: head 4x128; "49S-256": the zoo's 49S, measured with 256 endpoint filters.
 # 190: head 7x512; others 4x256. R50-FPN: the zoo's rounded 34.0M params.
+# 143L has no model-zoo row (no published MACs): its parameters come from building
+# Model Garden's RetinaNet with SpineNet-143L in tf-models-official 2.20.
 DETECTOR_REFERENCE = {
     "49S": {"params": 11_265_942, "gmacs": None, "size": 640},
     "49S-256": {"params": 11_944_598, "gmacs": 33.8, "size": 640},
     "49": {"params": 28_543_383, "gmacs": 85.4, "size": 640},
     "96": {"params": 42_974_871, "gmacs": 265.4, "size": 1024},
     "143": {"params": 66_959_511, "gmacs": 524.0, "size": 1280},
+    "143L": {"params": 107_508_152, "gmacs": None, "size": 1280},
     "190": {"params": 163_637_351, "gmacs": 1885.0, "size": 1280},
     "R50-FPN": {"params": 34_000_000, "gmacs": 97.0, "size": 640},
 }

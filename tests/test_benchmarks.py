@@ -1,7 +1,32 @@
 """Smoke tests: each benchmark script runs on a tiny config and writes its section."""
 
-from benchmarks import backbone_table, detector_table, input_pipeline, target_assignment
+import argparse
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from benchmarks import (
+    accuracy_budget,
+    backbone_table,
+    cpu_inference,
+    detector_table,
+    input_pipeline,
+    plot,
+    target_assignment,
+    training_throughput,
+)
+from benchmarks.reference import DETECTOR_REFERENCE
 from benchmarks.report import write_section
+from benchmarks.results import load_results, save_results
+from spinenet_tf import MODEL_IDS
+from spinenet_tf.data.synthetic import write_synthetic_coco
+from spinenet_tf.training.config import load_config, to_dict
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
 def test_backbone_table_writes_its_section(tmp_path):
@@ -46,3 +71,128 @@ def test_input_pipeline_benchmark_writes_its_section(tmp_path):
         if line.startswith("| COCO") or line.startswith("| TFRecord")
     ]
     assert len(rows) == 4 and all(float(row.rsplit("|", 2)[1]) > 0 for row in rows)
+
+
+def _rows(path, first_cell):
+    """The table rows of a benchmarks file whose first cell is `first_cell`, split into cells."""
+    return [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in path.read_text().splitlines()
+        if line.startswith(f"| {first_cell} |")
+    ]
+
+
+@pytest.fixture(scope="module")
+def tiny_coco(tmp_path_factory):
+    """A 4 + 2 image synthetic COCO dataset: the benchmarks' --images/--annotations flags."""
+    return write_synthetic_coco(tmp_path_factory.mktemp("coco"), num_train=4, num_val=2, seed=0, min_size=64,
+                                max_size=96)  # fmt: skip
+
+
+def test_cpu_inference_benchmark_times_every_mode_and_saves_json(tmp_path):
+    out = tmp_path / "BENCHMARKS.md"
+    cpu_inference.main(["--models", "49S", "--size", "128", "--batches", "1", "--repeats", "1",
+                        "--no-model-garden", "--out", str(out), "--results", str(tmp_path)])  # fmt: skip
+    rows = _rows(out, "49S")
+    assert [row[3] for row in rows] == ["raw", "post-processed"]
+    assert all(float(row[1]) > 0 and all(float(ms) > 0 for ms in row[4:]) for row in rows)
+    assert "skipped: --no-model-garden" in out.read_text()
+    saved = load_results("cpu_inference", tmp_path)["rows"]
+    assert len(saved["ours"]) == 6 and saved["model_garden"] == [
+        {"model": "all", "error": "--no-model-garden"}
+    ]
+
+
+def test_model_garden_comparison_divides_ours_by_theirs():
+    params = {"trainable_params": 28_543_383}
+    ours = [{"model": "49", "batch": 1, "output": "raw", "mode": "XLA", "ms_per_image": 30.0, **params}]
+    theirs = [
+        {"model": "49", "batch": 1, "mode": "XLA", "ms_per_image": 60.0, **params},
+        {"model": "R50-FPN", "error": "model_garden_inference.py failed: ImportError"},
+    ]
+    table = cpu_inference.comparison_table(ours, theirs)
+    assert table[2] == "| 49 | 1 | XLA | 30 | 60 | 0.50 | +0 |"
+    assert "skipped: model_garden_inference.py failed: ImportError" in table[3]
+
+
+def test_training_throughput_benchmark_measures_a_training_step(tmp_path):
+    out = tmp_path / "BENCHMARKS.md"
+    training_throughput.main(["--runs", "synthetic", "--size", "128", "--batch", "2", "--steps", "1",
+                              "--out", str(out)])  # fmt: skip
+    (row,) = _rows(out, "synthetic")
+    assert row[1:4] == ["SpineNet-49, filter scale 0.25", "128", "2"] and float(row[-1]) > 0
+    if training_throughput.accelerator() is None:
+        assert _rows(out, "GPU")[0][-1] == "not measured yet: no device"
+
+
+def test_accelerator_section_says_not_measured_without_a_device(tmp_path):
+    if training_throughput.accelerator() is not None:
+        pytest.skip("a GPU is visible: the section would be measured")
+    out = tmp_path / "BENCHMARKS.md"
+    training_throughput.main(["--accelerator", "--out", str(out)])
+    text = out.read_text()
+    assert "not measured yet: no device" in text and training_throughput.ACCELERATOR_COMMAND in text
+
+
+@pytest.mark.slow
+def test_accelerator_suite_runs_on_jax_at_a_tiny_size(tmp_path):
+    out = tmp_path / "BENCHMARKS.md"
+    result = subprocess.run(
+        [sys.executable, "benchmarks/training_throughput.py", "--accelerator", "--allow-cpu",
+         "--models", "49", "--size", "128", "--batch", "2", "--steps", "1", "--filter-size-scale", "0.25",
+         "--max-boxes", "4", "--matmul-size", "256", "--out", str(out)],
+        env={**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True,
+        timeout=600, cwd=REPO,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = _rows(out, "49")
+    assert [row[1] for row in rows] == ["float32", "mixed_bfloat16"]
+    assert all(float(row[5]) > 0 and float(row[7]) > 0 for row in rows)
+
+
+def test_accuracy_budget_trains_evaluates_and_saves_json(tmp_path, tiny_coco):
+    out = tmp_path / "BENCHMARKS.md"
+    train, val = tiny_coco["train"], tiny_coco["val"]
+    accuracy_budget.main(
+        ["--models", "SpineNet-49S", "--steps", "2", "--size", "128", "--batch", "2",
+         "--images", str(train["dir"]), "--annotations", str(train["annotations_file"]),
+         "--val-images", str(val["dir"]), "--val-annotations", str(val["annotations_file"]),
+         "--work-dir", str(tmp_path / "runs"), "--out", str(out), "--results", str(tmp_path)]
+    )  # fmt: skip
+    (row,) = _rows(out, "SpineNet-49S")
+    assert 0.0 <= float(row[1]) <= 1.0 and float(row[4]) > 0 and int(row[5].replace(",", "")) > 0
+    assert "2 steps of batch 2 at 128x128 px" in out.read_text()
+    (saved,) = load_results("accuracy_budget", tmp_path)["rows"]
+    assert saved["model"] == "SpineNet-49S" and (tmp_path / "runs" / "SpineNet-49S" / "metrics.json").exists()
+
+
+def test_plot_draws_both_panels_from_saved_results(tmp_path):
+    accuracy = [{"model": "SpineNet-49S", "AP": 0.2, "AP50": 0.4, "gmacs": 2.2},
+                {"model": "R50-FPN", "AP": 0.1, "AP50": 0.3, "gmacs": 5.7}]  # fmt: skip
+    save_results("accuracy_budget", {"size": 256, "steps": 300, "batch": 8}, accuracy, tmp_path)
+    ours = [
+        {"model": model, "gmacs": gmacs, "batch": 1, "output": "raw", "mode": mode, "ms_per_image": ms}
+        for model, gmacs in (("49S", 30.8), ("49", 85.3))
+        for mode, ms in (("eager", 900), ("XLA", 700))
+    ]
+    theirs = [{"model": "49S", "batch": 1, "mode": "tf.function", "ms_per_image": 800.0}]  # fmt: skip
+    save_results("cpu_inference", {"size": 640}, {"ours": ours, "model_garden": theirs}, tmp_path)
+    png = tmp_path / "plot.png"
+    plot.main(["--results", str(tmp_path), "--out", str(png)])
+    with Image.open(png) as image:
+        assert image.format == "PNG" and image.width > 800 and image.height > 300
+
+
+def test_detector_table_covers_every_spinenet_variant():
+    assert set(MODEL_IDS) <= set(DETECTOR_REFERENCE)
+
+
+def test_accuracy_budget_configs_differ_only_in_the_backbone():
+    args = argparse.Namespace(steps=300, size=256, batch=8, pyramid_filters=64, images=None)
+    spinenet, resnet = (
+        to_dict(load_config(training_throughput.SYNTHETIC_CONFIG, accuracy_budget.overrides(args, backbone)))
+        for backbone in accuracy_budget.BACKBONES.values()
+    )
+    assert spinenet["model"].pop("backbone") != resnet["model"].pop("backbone")
+    assert spinenet == resnet
+    assert (spinenet["train"]["total_steps"], spinenet["data"]["image_size"]) == (300, 256)
