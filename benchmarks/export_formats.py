@@ -26,7 +26,7 @@ from spinenet_tf.training.trainer import make_source  # noqa: E402
 FORMATS = [("SavedModel", "saved_model", "none"), ("TFLite fp32", "tflite", "none"),
            ("TFLite fp16", "tflite", "fp16"), ("TFLite dynamic range", "tflite", "dynamic"),
            ("TFLite int8", "tflite", "int8")]  # fmt: skip
-MAX_INT8_AP_DROP = 3.0  # points of AP50, the bar of the export issue
+MAX_INT8_AP_DROP = 3.0  # points of AP and of AP50, the bar of the export issue
 
 
 def artifact_bytes(path):
@@ -86,21 +86,26 @@ def main(argv=None):
             print(f"{name}: {rows[-1][1] / 1e6:.2f} MB, {seconds * 1e3:.1f} ms/image, "
                   f"AP {metrics['AP']:.3f}, AP50 {metrics['AP50']:.3f}", flush=True)  # fmt: skip
     reference = "TFLite fp32" if "TFLite fp32" in results else next(iter(results))
-    reference_ap50 = results[reference]["AP50"]
+    reference_ap, reference_ap50 = results[reference]["AP"], results[reference]["AP50"]
     table = [
-        f"| format | artifact MB | CPU ms/image | AP | AP50 | AP50 vs {reference} (points) |",
+        f"| format | artifact MB | CPU ms/image | AP | AP50 | AP / AP50 vs {reference} (points) |",
         "|---|---|---|---|---|---|",
     ]
     for name, size, seconds, ap, ap50 in rows:
-        table.append(f"| {name} | {size / 1e6:.2f} | {seconds * 1e3:.1f} | {ap:.3f} | {ap50:.3f} | "
-                     f"{100 * (ap50 - reference_ap50):+.1f} |")  # fmt: skip
+        difference = f"{100 * (ap - reference_ap):+.1f} / {100 * (ap50 - reference_ap50):+.1f}"
+        table.append(
+            f"| {name} | {size / 1e6:.2f} | {seconds * 1e3:.1f} | {ap:.3f} | {ap50:.3f} | {difference} |"
+        )
     int8 = ""
     if "TFLite int8" in results:
-        drop = 100 * (reference_ap50 - results["TFLite int8"]["AP50"])
+        drop = 100 * max(
+            reference_ap - results["TFLite int8"]["AP"], reference_ap50 - results["TFLite int8"]["AP50"]
+        )
         verdict = "within" if drop <= MAX_INT8_AP_DROP else "NOT within"
         int8 = (
-            f" int8 calibrates on {args.calibration_images} training images; its AP50 is {drop:.1f} points"
-            f" under {reference}, {verdict} the {MAX_INT8_AP_DROP:.0f}-point bar."
+            f" int8 (int8 backbone, float head and post-processing) calibrates on {args.calibration_images}"
+            f" training images; its larger drop of AP and AP50 under {reference} is {drop:.1f} points,"
+            f" {verdict} the {MAX_INT8_AP_DROP:.0f}-point bar."
         )
     height, width = sample.shape[:2]
     notes = f"""\
