@@ -124,6 +124,28 @@ def test_nms_is_greedy():
     np.testing.assert_array_equal(keep, [[False, True, False, True, False]])
 
 
+def greedy_reference(boxes, scores, threshold):
+    """Textbook greedy NMS of one image, one candidate at a time."""
+    iou = np_(pairwise_iou(boxes[None], boxes[None]))[0]
+    kept = []
+    for i in np.argsort(-scores, kind="stable"):
+        if all(iou[i, k] <= threshold for k in kept):
+            kept.append(int(i))
+    return sorted(kept)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_nms_equals_textbook_greedy_on_crowded_random_boxes(seed):
+    rng = np.random.default_rng(seed)
+    corners = rng.uniform(0, 60, (2, 60, 2)).astype("float32")
+    sizes = rng.uniform(5, 30, (2, 60, 2)).astype("float32")
+    boxes = np.concatenate([corners, corners + sizes], axis=-1)  # clusters: long suppression chains
+    scores = -np.sort(-rng.uniform(0, 1, (2, 60)).astype("float32"), axis=1)
+    keep = np_(non_max_suppression(boxes, scores, 0.3))
+    for b in range(2):
+        assert np.flatnonzero(keep[b]).tolist() == greedy_reference(boxes[b], scores[b], 0.3)
+
+
 def detect_case(nms, **spec):
     anchors = np.array([[0, 0, 10, 10], [0, 1, 10, 11], [40, 40, 50, 50]], "float32")
     logit = lambda p: math.log(p / (1 - p))  # noqa: E731
