@@ -8,6 +8,25 @@ from spinenet_tf.detection.box_coder import decode_boxes
 from spinenet_tf.detection.nms import non_max_suppression
 
 NMS_MODES = ("per_class", "class_agnostic")
+# XLA's CPU top-k sorts its whole input: over every anchor and class (6.9M at 640 px) it
+# takes a second. The top k of each chunk, then the top k of those, is the same result
+# in about 1/40 of that (and costs TensorFlow's own kernel nothing noticeable).
+TOP_K_CHUNK = 2**18
+
+
+def chunked_top_k(values, k):
+    """ops.top_k over the last axis of [B, N] (exact; in chunks when N is large)."""
+    length = values.shape[1]
+    if length <= 2 * TOP_K_CHUNK or k > TOP_K_CHUNK:
+        return ops.top_k(values, k)
+    padding = -length % TOP_K_CHUNK
+    num_chunks = (length + padding) // TOP_K_CHUNK
+    filler = ops.zeros_like(values[:, :padding]) + ops.min(values) - 1.0  # below every real value
+    chunks = ops.reshape(ops.concatenate([values, filler], axis=1), (-1, num_chunks, TOP_K_CHUNK))
+    chunk_values, chunk_index = ops.top_k(chunks, k)  # [B, chunks, k]
+    chunk_index = chunk_index + ops.expand_dims(ops.arange(num_chunks, dtype="int32") * TOP_K_CHUNK, -1)
+    top_values, order = ops.top_k(ops.reshape(chunk_values, (-1, num_chunks * k)), k)
+    return top_values, ops.take_along_axis(ops.reshape(chunk_index, (-1, num_chunks * k)), order, axis=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,14 +81,14 @@ def detect(class_logits, box_deltas, anchors, image_size, spec=DetectionSpec()):
         candidate_scores = ops.max(scores, axis=-1)  # [B, N]
         candidate_classes = ops.take(class_ids, ops.argmax(scores, axis=-1))
         top_k = min(spec.pre_nms_top_k, candidate_scores.shape[1])
-        top_scores, top_index = ops.top_k(candidate_scores, top_k)
+        top_scores, top_index = chunked_top_k(candidate_scores, top_k)
         top_classes = ops.take_along_axis(candidate_classes, top_index, axis=1)
         top_boxes = ops.take_along_axis(boxes, ops.expand_dims(top_index, -1), axis=1)
         nms_boxes = top_boxes
     else:
         flat = ops.reshape(scores, (-1, scores.shape[1] * foreground_classes))
         top_k = min(spec.pre_nms_top_k, flat.shape[1])
-        top_scores, top_index = ops.top_k(flat, top_k)
+        top_scores, top_index = chunked_top_k(flat, top_k)
         anchor_index = top_index // foreground_classes
         top_classes = ops.take(class_ids, top_index % foreground_classes)
         top_boxes = ops.take_along_axis(boxes, ops.expand_dims(anchor_index, -1), axis=1)

@@ -10,7 +10,7 @@ from spinenet_tf.detection.anchors import AnchorSpec, generate_anchors
 from spinenet_tf.detection.box_coder import decode_boxes, encode_boxes
 from spinenet_tf.detection.losses import huber_loss, sigmoid_focal_loss
 from spinenet_tf.detection.nms import non_max_suppression
-from spinenet_tf.detection.postprocess import DetectionSpec, detect
+from spinenet_tf.detection.postprocess import TOP_K_CHUNK, DetectionSpec, chunked_top_k, detect
 from spinenet_tf.detection.target_assignment import assign_targets, pairwise_iou
 
 
@@ -144,6 +144,17 @@ def test_nms_equals_textbook_greedy_on_crowded_random_boxes(seed):
     keep = np_(non_max_suppression(boxes, scores, 0.3))
     for b in range(2):
         assert np.flatnonzero(keep[b]).tolist() == greedy_reference(boxes[b], scores[b], 0.3)
+
+
+def test_chunked_top_k_equals_top_k_on_long_rows():
+    rng = np.random.default_rng(0)
+    values = rng.uniform(0, 1, (2, 2 * TOP_K_CHUNK + 12345)).astype("float32")
+    values[1, -5:] = 2.0  # winners in the last, partial chunk
+    expected_values, expected_index = (np_(t) for t in ops.top_k(values, 1000))
+    top_values, top_index = (np_(t) for t in chunked_top_k(values, 1000))
+    np.testing.assert_array_equal(top_values, expected_values)
+    np.testing.assert_array_equal(top_index, expected_index)
+    assert top_index[1, :5].tolist() == list(range(values.shape[1] - 5, values.shape[1]))
 
 
 def detect_case(nms, **spec):
