@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.report import BENCHMARKS_FILE, write_section  # noqa: E402
 from benchmarks.timing import median_seconds  # noqa: E402
 from spinenet_tf.export import coco_metrics, export_run  # noqa: E402
-from spinenet_tf.export.predictor import SavedModelPredictor, TFLitePredictor  # noqa: E402
+from spinenet_tf.export.predictor import load_predictor  # noqa: E402
 from spinenet_tf.training.config import load_config  # noqa: E402
 from spinenet_tf.training.trainer import make_source  # noqa: E402
 
@@ -74,11 +74,7 @@ def main(argv=None):
                 args.model_dir, os.path.join(work, "export"), export_format, quantize,
                 calibration_images=args.calibration_images,
             )  # fmt: skip
-            predictor = (
-                SavedModelPredictor(path)
-                if export_format == "saved_model"
-                else TFLitePredictor(path, args.threads)
-            )
+            predictor = load_predictor(path, args.threads)
             seconds = median_seconds(lambda p=predictor: p(sample), args.repeats, warmup=2)
             metrics = coco_metrics(predictor, val, config.data.val.annotations)
             results[name] = metrics

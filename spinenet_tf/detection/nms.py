@@ -20,8 +20,7 @@ def non_max_suppression(boxes, scores, iou_threshold, valid=None):
     reached by iterating it from keep = valid: a candidate's value is final once those of
     all the candidates before it in its chain of suppressions are, so the iteration
     settles after (longest chain + 1) steps, each one [B, K] x [B, K, K] product, instead
-    of the K sequential steps of visiting the candidates one by one (1000 under XLA
-    cost a second per image on a CPU).
+    of the K sequential steps of visiting the candidates one by one.
     """
     num = boxes.shape[1]
     iou = pairwise_iou(boxes, boxes)  # [B, K, K]

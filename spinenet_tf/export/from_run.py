@@ -4,11 +4,9 @@ import itertools
 import json
 import os
 
-import numpy as np
-
 from spinenet_tf.export.predictor import TFLITE_LABELS_FILE
-from spinenet_tf.export.saved_model import export_saved_model
-from spinenet_tf.export.serving import letterbox
+from spinenet_tf.export.saved_model import export_saved_model, write_labels
+from spinenet_tf.export.serving import letterbox_uint8
 from spinenet_tf.export.tflite import export_tflite
 
 FORMATS = ("saved_model", "tflite")
@@ -34,8 +32,7 @@ def representative_images(config, count):
 
     dataset = make_source(config.data.train).dataset().map(decode).ignore_errors()
     for example in itertools.islice(dataset, count):
-        image, _, _ = letterbox(example["image"], config.data.image_size)
-        yield np.clip(np.round(image.numpy()), 0, 255).astype(np.uint8)
+        yield letterbox_uint8(example["image"], config.data.image_size)[0]
 
 
 def export_run(model_dir, out, export_format="saved_model", quantize="none", config_path=None, version=None,
@@ -55,6 +52,5 @@ def export_run(model_dir, out, export_format="saved_model", quantize="none", con
     calibration = representative_images(config, calibration_images) if quantize == "int8" else None
     export_tflite(model, path, quantize, calibration)
     if labels:
-        with open(os.path.join(out, TFLITE_LABELS_FILE), "w") as f:
-            json.dump({"image_size": config.data.image_size, "labels": labels}, f, indent=1)
+        write_labels(os.path.join(out, TFLITE_LABELS_FILE), labels, config.data.image_size)
     return path, checkpoint

@@ -11,10 +11,10 @@ import numpy as np
 import tensorflow as tf
 
 from spinenet_tf.export.saved_model import LABELS_FILE, latest_version_dir
-from spinenet_tf.export.serving import letterbox
+from spinenet_tf.export.serving import letterbox_uint8
 from spinenet_tf.export.tflite import TFLiteDetector
 
-TFLITE_LABELS_FILE = "labels.json"
+TFLITE_LABELS_FILE = "labels.json"  # beside the .tflite files
 
 
 def _read_labels(path):
@@ -56,11 +56,10 @@ class TFLitePredictor:
 
     def __call__(self, image):
         image = np.asarray(image, np.uint8)
-        letterboxed, scale, _ = letterbox(tf.constant(image), self.detector.image_size)
-        letterboxed = np.clip(np.round(letterboxed.numpy()), 0, 255).astype(np.uint8)
+        letterboxed, scale = letterbox_uint8(image, self.detector.image_size)
         detections = _trim(self.detector(letterboxed))
         limits = np.array(image.shape[:2] * 2, np.float32)
-        detections["boxes"] = np.minimum(detections["boxes"] / np.tile(scale.numpy(), 2), limits)
+        detections["boxes"] = np.minimum(detections["boxes"] / np.tile(scale, 2), limits)
         return detections
 
 

@@ -35,6 +35,13 @@ def latest_version_dir(path):
     return os.path.join(path, str(version))
 
 
+def write_labels(path, labels, image_size):
+    """{class id: name} (and the model size) as the JSON `spinenet predict` reads."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({"image_size": image_size, "labels": {str(k): v for k, v in labels.items()}}, f, indent=1)
+
+
 def export_saved_model(model, base_dir, version=None, labels=None):
     """Writes `base_dir/<version>/` (version: the next free one by default) and returns its path.
 
@@ -47,7 +54,6 @@ def export_saved_model(model, base_dir, version=None, labels=None):
     if os.path.exists(target):
         raise FileExistsError(f"{target} exists; choose another version or remove it.")
     serving = DetectorServing(model)
-    size = serving.image_size
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint("serving_default", serving.serve_images, [tf.TensorSpec(None, tf.uint8, "images")])
@@ -61,8 +67,6 @@ def export_saved_model(model, base_dir, version=None, labels=None):
     shutil.rmtree(partial, ignore_errors=True)
     archive.write_out(partial, verbose=False)
     if labels:
-        os.makedirs(os.path.join(partial, "assets.extra"), exist_ok=True)
-        with open(os.path.join(partial, LABELS_FILE), "w") as f:
-            json.dump({"image_size": size, "labels": {str(k): v for k, v in labels.items()}}, f, indent=1)
+        write_labels(os.path.join(partial, LABELS_FILE), labels, serving.image_size)
     os.replace(partial, target)
     return target

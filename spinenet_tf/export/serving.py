@@ -6,6 +6,7 @@ mapped back to the pixels of each input image. Bad requests fail with an error n
 the input, the batch index and the problem.
 """
 
+import numpy as np
 import tensorflow as tf
 
 from spinenet_tf.data import augment
@@ -28,6 +29,12 @@ def letterbox(image, image_size):
     """uint8 [H, W, 3] -> (float32 [S, S, 3] 0..255, scale (y, x), original size (H, W)) as in evaluation."""
     resized, scale = augment.resize_and_pad(image, image_size)
     return resized, scale, tf.shape(image)[:2]
+
+
+def letterbox_uint8(image, image_size):
+    """Host-side letterboxing for the .tflite input: (uint8 numpy [S, S, 3], scale (y, x) numpy)."""
+    letterboxed, scale, _ = letterbox(tf.constant(image), image_size)
+    return np.clip(np.round(letterboxed.numpy()), 0, 255).astype(np.uint8), scale.numpy()
 
 
 def detect_letterboxed(model, images):

@@ -33,7 +33,6 @@ from spinenet_tf.export.serving import (
 )
 
 QUANTIZATIONS = ("none", "fp16", "dynamic", "int8")
-RAW_OUTPUTS = ("class_logits", "box_deltas")
 # Keras layer names of the RetinaNet head (detection/head.py), left in float by int8.
 HEAD_LAYERS = ("class_net", "box_net", "class_logits", "box_deltas")
 

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from spinenet_tf.export import TFLiteDetector, export_tflite
-from spinenet_tf.export.serving import POSTPROCESS_SCOPE, detect_letterboxed, letterbox
+from spinenet_tf.export.serving import POSTPROCESS_SCOPE, detect_letterboxed, letterbox_uint8
 from spinenet_tf.export.tflite import HEAD_LAYERS
 from tests.export.fixtures import random_image, spread_detector
 
@@ -20,10 +20,7 @@ RAW_TOLERANCE = {"none": 1e-4, "fp16": 5e-3, "dynamic": 5e-2, "int8": 0.6}
 def model_and_images():
     model = spread_detector()
     images = [random_image(90 + 9 * i, 128, seed=i) for i in range(6)]
-    letterboxed = [
-        np.clip(np.round(letterbox(tf.constant(image), 128)[0].numpy()), 0, 255).astype(np.uint8)
-        for image in images
-    ]
+    letterboxed = [letterbox_uint8(image, 128)[0] for image in images]
     return model, letterboxed
 
 
