@@ -4,8 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export TF_CPP_MIN_LOG_LEVEL ?= 2
-# `make train` trains the embedded default; CONFIG=... MODEL_DIR=... for other experiments.
-CONFIG ?= experiments/retinanet/synthetic.yaml
+# `make train` trains the embedded default; CONFIG=... MODEL_DIR=... for other experiments:
+# a shipped experiment's name (retinanet/spinenet49_coco, custom_small) or a YAML file.
+CONFIG ?= synthetic
 MODEL_DIR ?= runs/$(basename $(notdir $(CONFIG)))
 # `make export` exports MODEL_DIR's latest checkpoint to export/NAME (SavedModel + TFLite).
 NAME ?= $(basename $(notdir $(CONFIG)))
@@ -38,22 +39,22 @@ format: install
 	$(BIN)/ruff check --fix spinenet_tf tests benchmarks
 
 bench: install
-	$(BIN)/python benchmarks/backbone_table.py
-	$(BIN)/python benchmarks/detector_table.py
-	$(BIN)/python benchmarks/target_assignment.py
-	$(BIN)/python benchmarks/input_pipeline.py
-	$(BIN)/python benchmarks/cpu_inference.py
-	$(BIN)/python benchmarks/training_throughput.py
-	KERAS_BACKEND=jax $(BIN)/python benchmarks/training_throughput.py --accelerator
-	$(BIN)/python benchmarks/accuracy_budget.py
-	$(BIN)/python benchmarks/plot.py
-	$(BIN)/python benchmarks/export_formats.py --model-dir $(MODEL_DIR)
+	$(BIN)/python -m benchmarks.backbone_table
+	$(BIN)/python -m benchmarks.detector_table
+	$(BIN)/python -m benchmarks.target_assignment
+	$(BIN)/python -m benchmarks.input_pipeline
+	$(BIN)/python -m benchmarks.cpu_inference
+	$(BIN)/python -m benchmarks.training_throughput
+	KERAS_BACKEND=jax $(BIN)/python -m benchmarks.accelerator_throughput
+	$(BIN)/python -m benchmarks.accuracy_budget
+	$(BIN)/python -m benchmarks.plot
+	$(BIN)/python -m benchmarks.export_formats --model-dir $(MODEL_DIR)
 
 train: install
 	$(BIN)/spinenet train --config $(CONFIG) --model-dir $(MODEL_DIR)
 
 eval: install
-	$(BIN)/spinenet eval --config $(CONFIG) --model-dir $(MODEL_DIR)
+	$(BIN)/spinenet eval --model-dir $(MODEL_DIR)
 
 export: install
 	$(BIN)/spinenet export --model-dir $(MODEL_DIR) --out export/$(NAME)

@@ -1,20 +1,16 @@
 """SpineNet backbone sizes: parameters against TF Model Garden, MACs at paper resolutions.
 
-Usage: python benchmarks/backbone_table.py [--models 49S 49 ...] [--out BENCHMARKS.md]
+Usage: python -m benchmarks.backbone_table [--models 49S 49 ...] [--out BENCHMARKS.md]
 """
 
 import argparse
-import os
-import sys
-import time
+import functools
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks.reference import MODEL_GARDEN_BACKBONE_PARAMS as REFERENCE_PARAMS  # noqa: E402
-from benchmarks.reference import PAPER_RESOLUTION  # noqa: E402
-from benchmarks.report import BENCHMARKS_FILE, write_section  # noqa: E402
-from spinenet_tf import MODEL_IDS, SCALING, SpineNet, profile  # noqa: E402
+from benchmarks.report import BENCHMARKS_FILE, write_section
+from benchmarks.timing import timed
+from spinenet_tf import MODEL_IDS, SCALING, SpineNet, profile
+from spinenet_tf.published import MODEL_GARDEN_BACKBONE_PARAMS as REFERENCE_PARAMS
+from spinenet_tf.published import PAPER_RESOLUTION
 
 
 def main(argv=None):
@@ -29,9 +25,7 @@ def main(argv=None):
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for model_id in args.models:
-        start = time.perf_counter()
-        model = SpineNet(model_id)
-        built = time.perf_counter() - start
+        model, built = timed(functools.partial(SpineNet, model_id))
         size = PAPER_RESOLUTION[model_id]
         result = profile(model, (size, size, 3))
         scaling = SCALING[model_id]

@@ -1,100 +1,66 @@
 """CPU inference latency of RetinaNet detectors: eager, tf.function and XLA, raw and post-processed.
 
-Usage: python benchmarks/cpu_inference.py [--models 49S 49 R50-FPN] [--size 640] [--batches 1 8]
-                                         [--repeats 3] [--no-model-garden] [--out BENCHMARKS.md]
-                                         [--results benchmarks/results]
+Usage: python -m benchmarks.cpu_inference [--models 49S 49 R50-FPN] [--size 640] [--batches 1 8]
+           [--repeats 3] [--no-model-garden] [--out BENCHMARKS.md] [--results benchmarks/results]
 
 With Model Garden enabled (the default), TF Model Garden's RetinaNet of each model is
-timed too, in its own virtualenv (.bench-venvs/model-garden, made on first use:
-tf-models-official pins TensorFlow 2.20 and tf_keras) by `model_garden_inference.py`,
-its calls alternating with ours so that both see the same load.
+timed too, in its own virtualenv (see `benchmarks.model_garden`), by
+`benchmarks.model_garden_inference`, its calls alternating with ours so that both see
+the same load.
 """
 
 import argparse
-import json
-import os
-import pathlib
-import subprocess
-import sys
-import tempfile
+import functools
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-REPO = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+import keras
+import numpy as np
+import tensorflow as tf
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from benchmarks.reference import detector_config  # noqa: E402
-from benchmarks.report import BENCHMARKS_FILE, write_section  # noqa: E402
-from benchmarks.results import RESULTS_DIR, save_results  # noqa: E402
-from benchmarks.timing import alternating_medians, seconds  # noqa: E402
-from spinenet_tf import build_detector, profile  # noqa: E402
+from benchmarks.model_garden import MODES, Server, model_garden_python
+from benchmarks.report import BENCHMARKS_FILE, write_section
+from benchmarks.results import RESULTS_DIR, save_results
+from benchmarks.timing import alternating_medians, seconds
+from spinenet_tf import build_detector, profile
+from spinenet_tf.layers.image_converter import normalise_image
+from spinenet_tf.published import detector_config
 
 MODELS = ("49S", "49", "R50-FPN")
-MODES = {"eager": None, "tf.function": False, "XLA": True}  # mode -> tf.function jit_compile
 OUTPUTS = ("raw", "post-processed")
-MODEL_GARDEN_VENV = REPO / ".bench-venvs" / "model-garden"
-MODEL_GARDEN_SCRIPT = REPO / "benchmarks" / "model_garden_inference.py"
-INSTALL_TIMEOUT_S = 1800
 
 
-def build(name, size):
-    """The RetinaNet of a DETECTOR_REFERENCE row (91 classes) for size x size input."""
-    config = detector_config(name)
-    config["backbone"]["image_shape"] = [size, size, 3]
-    return build_detector(config)
-
-
-def inference_function(model, output, size, jit):
-    if output == "raw":
-        function = lambda x: model(x, training=False)  # noqa: E731
-    else:
-        function = lambda x: model.decode_predictions(model(x, training=False), (size, size))  # noqa: E731
-    return function if jit is None else tf.function(function, jit_compile=jit)
-
-
-def timer(function, images):
-    """A timer (see `alternating_medians`) of one call whose outputs are fetched as NumPy."""
+def raw_timer(model, images, jit):
+    """A timer (see `alternating_medians`) of the network alone, `model(x)` on normalised
+    model-sized input, eager (jit None) or in a tf.function, its outputs fetched as NumPy."""
+    function = functools.partial(model, training=False)
+    if jit is not None:
+        function = tf.function(function, jit_compile=jit)
     return lambda: seconds(lambda: keras.tree.map_structure(np.asarray, function(images)))
 
 
+def predict_timer(model, photos, jit):
+    """A timer of what a user calls, `model.predict_on_batch(photos)`: letterbox and normalise,
+    the network, decoding and NMS, boxes back in the photos' pixels, NumPy out. Compiled as
+    Keras runs it: eagerly (jit None), as a tf.function, or with XLA."""
+    model.compile(run_eagerly=jit is None, jit_compile=bool(jit))
+    return lambda: seconds(lambda: model.predict_on_batch(photos))
+
+
 class ModelGarden:
-    """Model Garden's RetinaNet of one model, served call by call by model_garden_inference.py."""
+    """Model Garden's RetinaNet of one model, timed call by call in its virtualenv."""
 
     def __init__(self, python, name, size):
-        self.log = tempfile.TemporaryFile("w+")  # its stderr: TensorFlow's logs, and the error if it fails
-        command = [str(python), str(MODEL_GARDEN_SCRIPT), "--model", name, "--size", str(size)]
-        self.process = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True
-        )
-
-    def ask(self, line):
-        try:
-            self.process.stdin.write(line + "\n")
-            self.process.stdin.flush()
-            answer = self.process.stdout.readline()
-        except BrokenPipeError:
-            answer = ""
-        if not answer:
-            self.log.seek(0)
-            reason = (self.log.read().strip() or "no output").splitlines()[-1][:200]
-            raise RuntimeError(f"model_garden_inference.py failed: {reason}")
-        return json.loads(answer)
+        self.server = Server(python, "benchmarks.model_garden_inference", "--model", name, "--size", size)
 
     def timer(self, batch, mode):
-        return lambda: self.ask(f"{batch} {mode}")["seconds"]
+        return lambda: self.server.ask(f"{batch} {mode}")["seconds"]
 
     def close(self):
         """Its trainable parameter count (None if it failed); stops it."""
         try:
-            params = self.ask("params")["trainable_params"]
+            params = self.server.ask("params")["trainable_params"]
         except RuntimeError:
             params = None
-        self.process.stdin.close()
-        self.process.wait()
-        self.log.close()
+        self.server.close()
         return params
 
 
@@ -121,7 +87,7 @@ def time_model(name, size, batches, repeats, model_garden_python=None):
 
     Model Garden's are raw outputs only, each timed call alternating with ours.
     """
-    model = build(name, size)
+    model = build_detector(detector_config(name), size)
     rival = ModelGarden(model_garden_python, name, size) if model_garden_python else None
     model_profile = profile(model, (size, size, 3))
     model_row = {
@@ -131,46 +97,22 @@ def time_model(name, size, batches, repeats, model_garden_python=None):
     }
     ours, theirs = [], []
     for batch in batches:
-        images = tf.constant(np.random.default_rng(0).uniform(0, 255, (batch, size, size, 3)), tf.float32)
+        photos = np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+        images = normalise_image(photos)  # the network's input: what the training pipeline feeds it
         for output in OUTPUTS:
             for mode, jit in MODES.items():
-                function = inference_function(model, output, size, jit)
-                timers = [timer(function, images)]
-                if rival and output == "raw":
-                    timers.append(rival.timer(batch, mode))
+                if output == "raw":
+                    timers = [raw_timer(model, images, jit)]
+                    if rival:  # Model Garden's raw outputs, its calls alternating with ours
+                        timers.append(rival.timer(batch, mode))
+                else:
+                    timers = [predict_timer(model, photos, jit)]
                 results = ms_per_image(timers, batch, repeats)
                 ours.append({**model_row, "batch": batch, "output": output, "mode": mode, **results[0]})
                 theirs += [{"model": name, "batch": batch, "mode": mode, **result} for result in results[1:]]
                 print(ours[-1], *theirs[-1:] if len(results) > 1 else [], flush=True)
     params = rival.close() if rival else None
     return ours, [{**row, "trainable_params": params} for row in theirs]
-
-
-def _run(command, timeout=None):
-    """(stdout, None) of a command that succeeded, or (None, a one-line reason for the table)."""
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return None, f"timed out after {timeout} s"
-    if result.returncode:
-        return None, (result.stderr.strip() or result.stdout.strip() or "no output").splitlines()[-1][:200]
-    return result.stdout, None
-
-
-def model_garden_python(venv=MODEL_GARDEN_VENV):
-    """(python, None) of a virtualenv with tf-models-official, made on first use, or (None, reason)."""
-    python = pathlib.Path(venv) / "bin" / "python"
-    if not python.exists():
-        print(f"making {venv} and installing tf-models-official (large download) ...", flush=True)
-        _, reason = _run([sys.executable, "-m", "venv", str(venv)], 300)
-        if reason:
-            return None, f"could not make a virtualenv at {venv}: {reason}"
-    _, reason = _run([str(python), "-c", "import official.vision.modeling.factory"], 300)
-    if reason:
-        _, reason = _run([str(python), "-m", "pip", "install", "-q", "tf-models-official"], INSTALL_TIMEOUT_S)
-        if reason:
-            return None, f"pip install tf-models-official failed: {reason}"
-    return python, None
 
 
 def _cell(row):
@@ -239,14 +181,17 @@ def write_report(ours, theirs, args):
 Median milliseconds per image over {args.repeats} timed runs after one warm-up run (which
 traces and compiles), {args.size}x{args.size} random images, on this machine's CPU; RetinaNet
 with 91 classes, head 4x256 (49S: 4x128), GMACs per image from `spinenet_tf.profile`.
-"raw" is `model(x)` (class logits and box deltas over all anchors); "post-processed" adds
-`model.decode_predictions` (decode, score threshold, top-1000, per-class NMS, top-100), what
-`predict_on_batch` returns. "eager" calls the model directly, "tf.function" traces it into
-a graph, "XLA" is `tf.function(jit_compile=True)`. Post-processing adds, per image (mean over
-the rows above): {post_processing_cost(ours)}.
+"raw" is the network alone, `model(x)` on normalised input (class logits and box deltas
+over all anchors): "eager" calls it directly, "tf.function" traces it into a graph, "XLA" is
+`tf.function(jit_compile=True)`. "post-processed" is what a user calls,
+`model.predict_on_batch(photos)` on uint8 photos of the same size: letterboxing and
+normalisation, the network, decoding (score threshold, top-1000, per-class NMS, top-100) and
+boxes back in the photos' pixels, NumPy out; its modes are `compile(run_eagerly=True)`,
+`compile(jit_compile=False)` and `compile(jit_compile=True)`. Post-processed minus raw, per
+image (mean over the rows above): {post_processing_cost(ours)}.
 The Model Garden table times TF Model Garden's RetinaNet of the same configuration
-(tf-models-official, TensorFlow 2.20 + tf_keras, in its own virtualenv made by this script
-under `.bench-venvs/`; `model_garden_inference.py`), raw outputs (backbone, decoder and head
+(tf-models-official, TensorFlow 2.20 + tf_keras, in its own virtualenv made under
+`.bench-venvs/`; `benchmarks.model_garden_inference`), raw outputs (backbone, decoder and head
 called with training=False), with the same timing, its timed calls alternating with ours one
 by one: on a shared machine the load then hits both alike, so the ratio holds up better than
 the absolute times, which vary with the load from run to run. The last column

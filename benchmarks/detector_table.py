@@ -1,18 +1,13 @@
 """RetinaNet sizes: parameters and MACs against TF Model Garden and its model zoo.
 
-Usage: python benchmarks/detector_table.py [--models 49S 49 ...] [--out BENCHMARKS.md]
+Usage: python -m benchmarks.detector_table [--models 49S 49 ...] [--out BENCHMARKS.md]
 """
 
 import argparse
-import os
-import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks.reference import DETECTOR_REFERENCE, detector_config  # noqa: E402
-from benchmarks.report import BENCHMARKS_FILE, write_section  # noqa: E402
-from spinenet_tf import build_detector, profile  # noqa: E402
+from benchmarks.report import BENCHMARKS_FILE, write_section
+from spinenet_tf import build_detector, profile
+from spinenet_tf.published import DETECTOR_REFERENCE, detector_config
 
 
 def measure(name):

@@ -3,29 +3,27 @@
 Exports a training run (default: the `make train` run) as a SavedModel and as TFLite
 none/fp16/dynamic/int8, then runs every artifact on the run's val split.
 
-Usage: python benchmarks/export_formats.py [--model-dir runs/synthetic] [--val-images N]
+Usage: python -m benchmarks.export_formats [--model-dir runs/synthetic] [--val-images N]
                                            [--repeats 20] [--threads 2] [--out BENCHMARKS.md]
 """
 
 import argparse
 import os
-import sys
 import tempfile
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.report import BENCHMARKS_FILE, write_section
+from benchmarks.timing import median_seconds
+from spinenet_tf.data.pipeline import decode, make_source
+from spinenet_tf.export import coco_metrics, export_run, load_predictor
+from spinenet_tf.training.config import load_config
 
-
-from benchmarks.report import BENCHMARKS_FILE, write_section  # noqa: E402
-from benchmarks.timing import median_seconds  # noqa: E402
-from spinenet_tf.export import coco_metrics, export_run  # noqa: E402
-from spinenet_tf.export.predictor import load_predictor  # noqa: E402
-from spinenet_tf.training.config import load_config  # noqa: E402
-from spinenet_tf.training.trainer import make_source  # noqa: E402
-
-FORMATS = [("SavedModel", "saved_model", "none"), ("TFLite fp32", "tflite", "none"),
-           ("TFLite fp16", "tflite", "fp16"), ("TFLite dynamic range", "tflite", "dynamic"),
-           ("TFLite int8", "tflite", "int8")]  # fmt: skip
+FORMATS = [
+    ("SavedModel", "saved_model", "none"),
+    ("TFLite fp32", "tflite", "none"),
+    ("TFLite fp16", "tflite", "fp16"),
+    ("TFLite dynamic range", "tflite", "dynamic"),
+    ("TFLite int8", "tflite", "int8"),
+]
 MAX_INT8_AP_DROP = 3.0  # points of AP and of AP50, the bar of the export issue
 
 
@@ -55,8 +53,12 @@ def main(argv=None):
     parser.add_argument("--calibration-images", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=20, help="timed calls per format after warm-up")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="TFLite interpreter threads")
-    parser.add_argument("--formats", nargs="+", choices=[name for name, _, _ in FORMATS],
-                        default=[name for name, _, _ in FORMATS])  # fmt: skip
+    parser.add_argument(
+        "--formats",
+        nargs="+",
+        choices=[name for name, _, _ in FORMATS],
+        default=[name for name, _, _ in FORMATS],
+    )
     parser.add_argument("--out", default=str(BENCHMARKS_FILE))
     args = parser.parse_args(argv)
     if not os.path.exists(os.path.join(args.model_dir, "config.yaml")):
@@ -64,23 +66,27 @@ def main(argv=None):
 
     config = load_config(os.path.join(args.model_dir, "config.yaml"))
     val = Subset(make_source(config.data.val), args.val_images)
-    from spinenet_tf.data.pipeline import decode
-
     sample = next(iter(val.dataset().map(decode)))["image"].numpy()
     rows, results = [], {}
     with tempfile.TemporaryDirectory() as work:
         for name, export_format, quantize in [entry for entry in FORMATS if entry[0] in args.formats]:
             path, checkpoint = export_run(
-                args.model_dir, os.path.join(work, "export"), export_format, quantize,
+                args.model_dir,
+                os.path.join(work, "export"),
+                export_format,
+                quantize,
                 calibration_images=args.calibration_images,
-            )  # fmt: skip
+            )
             predictor = load_predictor(path, args.threads)
             seconds = median_seconds(lambda p=predictor: p(sample), args.repeats, warmup=2)
             metrics = coco_metrics(predictor, val, config.data.val.annotations)
             results[name] = metrics
             rows.append((name, artifact_bytes(path), seconds, metrics["AP"], metrics["AP50"]))
-            print(f"{name}: {rows[-1][1] / 1e6:.2f} MB, {seconds * 1e3:.1f} ms/image, "
-                  f"AP {metrics['AP']:.3f}, AP50 {metrics['AP50']:.3f}", flush=True)  # fmt: skip
+            print(
+                f"{name}: {rows[-1][1] / 1e6:.2f} MB, {seconds * 1e3:.1f} ms/image, "
+                f"AP {metrics['AP']:.3f}, AP50 {metrics['AP50']:.3f}",
+                flush=True,
+            )
     reference = "TFLite fp32" if "TFLite fp32" in results else next(iter(results))
     reference_ap, reference_ap50 = results[reference]["AP"], results[reference]["AP50"]
     table = [

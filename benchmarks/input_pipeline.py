@@ -1,22 +1,18 @@
 """Training input pipeline throughput (images/s) at 640 px with augmentation, on this machine's CPU.
 
-Usage: python benchmarks/input_pipeline.py [--images 64] [--size 640] [--batch 8] [--batches 30]
-                                          [--out BENCHMARKS.md]
+Usage: python -m benchmarks.input_pipeline [--images 64] [--size 640] [--batch 8] [--batches 30]
+                                           [--out BENCHMARKS.md]
 """
 
 import argparse
 import os
-import sys
 import tempfile
-import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks.report import BENCHMARKS_FILE, write_section  # noqa: E402
-from spinenet_tf.data.pipeline import coco_source, tfrecord_source, train_dataset  # noqa: E402
-from spinenet_tf.data.synthetic import write_synthetic_coco  # noqa: E402
-from spinenet_tf.data.tfrecord import coco_to_tfrecord  # noqa: E402
+from benchmarks.report import BENCHMARKS_FILE, write_section
+from benchmarks.timing import seconds
+from spinenet_tf.data.pipeline import coco_source, tfrecord_source, train_dataset
+from spinenet_tf.data.synthetic import write_synthetic_coco
+from spinenet_tf.data.tfrecord import coco_to_tfrecord
 
 WARMUP_BATCHES = 3
 
@@ -25,10 +21,7 @@ def images_per_second(dataset, batch_size, batches):
     iterator = iter(dataset)
     for _ in range(WARMUP_BATCHES):
         next(iterator)
-    start = time.perf_counter()
-    for _ in range(batches):
-        next(iterator)
-    return batches * batch_size / (time.perf_counter() - start)
+    return batches * batch_size / seconds(lambda: [next(iterator) for _ in range(batches)])
 
 
 def main(argv=None):
@@ -44,8 +37,13 @@ def main(argv=None):
         split = write_synthetic_coco(
             work, num_train=args.images, num_val=0, seed=0, min_size=480, max_size=640
         )["train"]
-        coco_to_tfrecord(split["dir"], split["annotations_file"], os.path.join(work, "tfrecord", "train"),
-                         num_shards=4, verbose=0)  # fmt: skip
+        coco_to_tfrecord(
+            split["dir"],
+            split["annotations_file"],
+            os.path.join(work, "tfrecord", "train"),
+            num_shards=4,
+            verbose=0,
+        )
         sources = {
             "COCO JSON + JPEG files": lambda: coco_source(split["dir"], split["annotations_file"]),
             "TFRecord (4 shards)": lambda: tfrecord_source(os.path.join(work, "tfrecord", "train-*")),

@@ -1,33 +1,27 @@
-"""TF Model Garden's RetinaNet, timed call by call on request, for cpu_inference.py's comparison.
+"""TF Model Garden's RetinaNet, timed call by call on request, for cpu_inference's comparison.
 
-Runs inside the Model Garden virtualenv (tf-models-official, TensorFlow 2.20, tf_keras),
-not the project's: cpu_inference.py makes that virtualenv, starts this script and sends
-it one line per timed call, "BATCH MODE" (MODE: eager, tf.function or XLA); it answers
-each with the call's seconds, and "params" with the trainable parameter count, as JSON
-lines. Serving calls one at a time lets cpu_inference alternate them with its own.
+A `model_garden.Server`: runs inside the Model Garden virtualenv (tf-models-official,
+TensorFlow 2.20, tf_keras), not the project's. It reads one line per timed call,
+"BATCH MODE" (MODE: eager, tf.function or XLA), and answers each with the call's seconds,
+and "params" with the trainable parameter count, as JSON lines.
 
-Usage: printf '1 XLA\n1 XLA\nparams\n' |
-           .bench-venvs/model-garden/bin/python benchmarks/model_garden_inference.py --model 49S --size 640
+Usage (from the repository root): printf '1 XLA\n1 XLA\nparams\n' |
+    .bench-venvs/model-garden/bin/python -m benchmarks.model_garden_inference --model 49S --size 640
 """
 
 import argparse
 import json
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
+import tensorflow as tf
+import tf_keras
+from official.vision.configs import backbones, decoders
+from official.vision.configs import retinanet as retinanet_config
+from official.vision.modeling import factory
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tf_keras  # noqa: E402
-from official.vision.configs import backbones, decoders  # noqa: E402
-from official.vision.configs import retinanet as retinanet_config  # noqa: E402
-from official.vision.modeling import factory  # noqa: E402
-
-from benchmarks.timing import seconds  # noqa: E402
-
-MODES = {"eager": None, "tf.function": False, "XLA": True}  # as in cpu_inference.py
+from benchmarks.model_garden import MODES
+from benchmarks.timing import seconds
 
 
 def build(name, size):
@@ -51,7 +45,7 @@ def build(name, size):
 
 
 def time_call(function, images):
-    """Seconds of one call, outputs fetched as NumPy (as cpu_inference.py times ours)."""
+    """Seconds of one call, outputs fetched as NumPy (as cpu_inference times ours)."""
     return seconds(lambda: tf.nest.map_structure(np.asarray, function(images)))
 
 
@@ -68,8 +62,10 @@ def main(argv=None):
             features = model.decoder(features, training=False)
         return model.head(features, training=False)[:2]
 
-    functions = {mode: raw_outputs if jit is None else tf.function(raw_outputs, jit_compile=jit)
-                 for mode, jit in MODES.items()}  # fmt: skip
+    functions = {
+        mode: raw_outputs if jit is None else tf.function(raw_outputs, jit_compile=jit)
+        for mode, jit in MODES.items()
+    }
     images = {}
     for line in sys.stdin:
         if line.strip() == "params":  # after a call: Model Garden's head creates its weights when called

@@ -1,23 +1,17 @@
 """Draws docs/benchmarks.png from the saved JSON results: AP vs GMACs and CPU latency vs GMACs.
 
-Usage: python benchmarks/plot.py [--results benchmarks/results] [--out docs/benchmarks.png]
+Usage: python -m benchmarks.plot [--results benchmarks/results] [--out docs/benchmarks.png]
 
-The inputs are what benchmarks/accuracy_budget.py and benchmarks/cpu_inference.py saved,
+The inputs are what `benchmarks.accuracy_budget` and `benchmarks.cpu_inference` saved,
 so the figure redraws without rerunning them.
 """
 
 import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from matplotlib.figure import Figure  # the object API, not pyplot: no GUI backend to pick
 
-import matplotlib  # noqa: E402
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from benchmarks.results import RESULTS_DIR, load_results  # noqa: E402
+from benchmarks.results import RESULTS_DIR, load_results
 
 DEFAULT_OUT = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "benchmarks.png"
@@ -59,8 +53,12 @@ def latency_panel(axes, results):
     ]
     for label, rows in series.items():
         if rows:
-            axes.scatter([r["gmacs"] for r in rows], [r["ms_per_image"] for r in rows], marker=MARKERS[label],
-                         label=label)  # fmt: skip
+            axes.scatter(
+                [r["gmacs"] for r in rows],
+                [r["ms_per_image"] for r in rows],
+                marker=MARKERS[label],
+                label=label,
+            )
     _label_points(axes, [(r["model"], r["gmacs"], r["ms_per_image"]) for r in series["tf.function"]])
     size = results["settings"]["size"]
     axes.set(
@@ -78,14 +76,14 @@ def main(argv=None):
     parser.add_argument("--results", default=str(RESULTS_DIR))
     parser.add_argument("--out", default=DEFAULT_OUT)
     args = parser.parse_args(argv)
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    figure = Figure(figsize=(11, 4.5))
+    left, right = figure.subplots(1, 2)
     accuracy_panel(left, load_results("accuracy_budget", args.results))
     latency_panel(right, load_results("cpu_inference", args.results))
     figure.suptitle("RetinaNet: SpineNet vs R50-FPN (BENCHMARKS.md)")
     figure.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     figure.savefig(args.out, dpi=110)
-    plt.close(figure)
     print(f"wrote {args.out}")
 
 

@@ -10,7 +10,7 @@ import sys
 
 BENCHMARKS_FILE = pathlib.Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 HEADER = (
-    "# Benchmarks\n\nEvery section is written by a script under `benchmarks/`; "
+    "# Benchmarks\n\nEvery section is written by a module of `benchmarks/`; "
     "rerun its command to refresh it.\n"
 )
 
@@ -27,12 +27,23 @@ def environment():
     )
 
 
+def command():
+    """The command line that is running: `python -m benchmarks.<name> ARGS`, with the Keras
+    backend in front when it is not TensorFlow (the default)."""
+    import keras
+
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    program = ["-m", spec.name] if spec else [os.path.relpath(sys.argv[0])]
+    backend = keras.backend.backend()
+    prefix = "" if backend == "tensorflow" else f"KERAS_BACKEND={backend} "
+    return prefix + "python " + " ".join(shlex.quote(arg) for arg in [*program, *sys.argv[1:]])
+
+
 def write_section(name, title, body, path=BENCHMARKS_FILE):
     """Replaces (or appends) the section `name` of the benchmarks file."""
-    command = " ".join(shlex.quote(arg) for arg in [os.path.relpath(sys.argv[0]), *sys.argv[1:]])
     section = (
         f"<!-- section:{name} -->\n## {title}\n\n"
-        f"Command: `python {command}` ({datetime.date.today().isoformat()})  \n"
+        f"Command: `{command()}` ({datetime.date.today().isoformat()})  \n"
         f"Machine: {environment()}\n\n{body.strip()}\n<!-- /section:{name} -->\n"
     )
     path = pathlib.Path(path)

@@ -26,5 +26,5 @@ def save_results(name, settings, rows, directory=RESULTS_DIR):
 def load_results(name, directory=RESULTS_DIR):
     path = pathlib.Path(directory) / f"{name}.json"
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no results yet; run benchmarks/{name}.py first.")
+        raise FileNotFoundError(f"{path}: no results yet; run `python -m benchmarks.{name}` first.")
     return json.loads(path.read_text())

@@ -1,44 +1,29 @@
 """Where anchor labelling belongs: its cost in-graph, against what the input pipeline would carry.
 
-Usage: python benchmarks/target_assignment.py [--size 640] [--batch 8] [--boxes 100] [--out BENCHMARKS.md]
+Usage: python -m benchmarks.target_assignment [--size 640] [--batch 8] [--boxes 100] [--out BENCHMARKS.md]
 """
 
 import argparse
-import os
-import sys
-import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
+import tensorflow as tf
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from benchmarks.reference import DETECTOR_REFERENCE, detector_config  # noqa: E402
-from benchmarks.report import BENCHMARKS_FILE, write_section  # noqa: E402
-from spinenet_tf import build_detector, profile  # noqa: E402
-from spinenet_tf.detection.anchors import AnchorSpec, generate_anchors  # noqa: E402
-from spinenet_tf.detection.target_assignment import assign_targets  # noqa: E402
+from benchmarks.report import BENCHMARKS_FILE, write_section
+from benchmarks.timing import median_seconds
+from benchmarks.training_step import random_labels
+from spinenet_tf import build_detector, profile
+from spinenet_tf.detection.anchors import AnchorSpec, generate_anchors
+from spinenet_tf.detection.target_assignment import assign_targets
+from spinenet_tf.published import DETECTOR_REFERENCE, detector_config
 
 REPEATS = 20
 
 
-def random_labels(rng, batch, boxes, size):
-    corners = rng.uniform(0, size, (batch, boxes, 2, 2))
-    low, high = corners.min(axis=2), corners.max(axis=2) + 8.0
-    classes = rng.integers(1, 91, (batch, boxes)).astype("int32")
-    return np.concatenate([low, np.minimum(high, size)], axis=-1).astype("float32"), classes
-
-
-def median_ms(function, *args):
-    function(*args)  # trace and warm up
-    times = []
-    for _ in range(REPEATS):
-        start = time.perf_counter()
-        for output in function(*args):
-            output.numpy()
-        times.append(time.perf_counter() - start)
-    return 1000 * float(np.median(times))
+def assignment_seconds(anchors, boxes, classes, jit):
+    """Median seconds of labelling the anchors of one batch (outputs fetched), after a tracing call."""
+    assign = tf.function(lambda b, c: assign_targets(anchors, b, c), jit_compile=jit)
+    boxes, classes = tf.constant(boxes), tf.constant(classes)
+    return median_seconds(lambda: [output.numpy() for output in assign(boxes, classes)], REPEATS)
 
 
 def main(argv=None):
@@ -53,10 +38,8 @@ def main(argv=None):
     anchors = tf.constant(generate_anchors((args.size, args.size), AnchorSpec()))
     boxes, classes = random_labels(np.random.default_rng(0), args.batch, args.boxes, args.size)
     per_image_ms = {
-        jit: median_ms(tf.function(lambda b, c: assign_targets(anchors, b, c), jit_compile=jit),
-                       tf.constant(boxes), tf.constant(classes)) / args.batch
-        for jit in (False, True)
-    }  # fmt: skip
+        jit: 1000 * assignment_seconds(anchors, boxes, classes, jit) / args.batch for jit in (False, True)
+    }
 
     num_anchors = int(anchors.shape[0])
     assignment_flops = 30 * num_anchors * args.boxes  # IoU (~20 ops) + max/argmax/compare per pair

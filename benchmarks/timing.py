@@ -1,16 +1,21 @@
-"""Wall-clock timing shared by the latency and throughput benchmarks (NumPy only, so the
-Model Garden script can import it from its own virtualenv)."""
+"""Wall-clock timing shared by every benchmark (NumPy only, so that the scripts run in the
+Model Garden virtualenv can import it too)."""
 
 import time
 
 import numpy as np
 
 
+def timed(function):
+    """(result, seconds) of one `function()` call, which must block until its result exists."""
+    start = time.perf_counter()
+    result = function()
+    return result, time.perf_counter() - start
+
+
 def seconds(function):
     """Wall time of one `function()` call, which must block until its result exists."""
-    start = time.perf_counter()
-    function()
-    return time.perf_counter() - start
+    return timed(function)[1]
 
 
 def alternating_medians(timers, repeats, warmup=1):

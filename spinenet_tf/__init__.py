@@ -1,23 +1,49 @@
-"""spinenet_tf: the SpineNet family of scale-permuted backbones in Keras 3."""
+"""spinenet_tf: the SpineNet family of scale-permuted backbones in Keras 3.
 
-from spinenet_tf.backbones.resnet import ResNet50Backbone
-from spinenet_tf.backbones.spinenet import SpineNet
-from spinenet_tf.builders import build_backbone, build_detector
-from spinenet_tf.detection.retinanet import RetinaNet
-from spinenet_tf.profile import ModelProfile, profile
-from spinenet_tf.specs import MODEL_IDS, SCALING, SPINENET_BLOCK_SPECS, BlockSpec
+The public names are loaded on first use (PEP 562), so that importing a light submodule
+(`spinenet_tf.specs`, the command line's parser) does not load Keras and TensorFlow. The
+model classes register themselves with Keras when loaded: on the first use of any public
+name, or at once when Keras is loaded already, so that `keras.saving.load_model` finds them.
+"""
 
-__all__ = [
-    "MODEL_IDS",
-    "SCALING",
-    "SPINENET_BLOCK_SPECS",
-    "BlockSpec",
-    "ModelProfile",
-    "ResNet50Backbone",
-    "RetinaNet",
-    "SpineNet",
-    "build_backbone",
-    "build_detector",
-    "profile",
-]
+import importlib
+import sys
+
+# Public name -> the module that defines it.
+_EXPORTS = {
+    "MODEL_IDS": "spinenet_tf.specs",
+    "SCALING": "spinenet_tf.specs",
+    "SPINENET_BLOCK_SPECS": "spinenet_tf.specs",
+    "BlockSpec": "spinenet_tf.specs",
+    "ImageConverter": "spinenet_tf.layers.image_converter",
+    "ModelProfile": "spinenet_tf.profile",
+    "ResNet50Backbone": "spinenet_tf.backbones.resnet",
+    "RetinaNet": "spinenet_tf.detection.retinanet",
+    "SpineNet": "spinenet_tf.backbones.spinenet",
+    "build_backbone": "spinenet_tf.builders",
+    "build_detector": "spinenet_tf.builders",
+    "profile": "spinenet_tf.profile",
+}
+
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def _load_all():
+    for name, module in _EXPORTS.items():
+        globals()[name] = getattr(importlib.import_module(module), name)  # later look-ups skip __getattr__
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'spinenet_tf' has no attribute {name!r}")
+    _load_all()
+    return globals()[name]
+
+
+def __dir__():
+    return sorted([*globals(), *_EXPORTS])
+
+
+if "keras" in sys.modules:  # Keras' import cost is paid: register the models for load_model now
+    _load_all()

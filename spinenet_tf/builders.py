@@ -1,39 +1,98 @@
 """Builds backbones and detectors from plain config dicts (YAML sections).
 
 Config keys are constructor argument names, so a YAML section reaches its constructor
-in one hop; a misspelt key is an error that lists the accepted ones.
+in one hop. This module is the one place that knows those signatures: the experiment
+config (`training/config.py`) checks its model section with `check_arguments` and
+`input_size_multiple` before anything is built, and the trainer builds with
+`build_detector`, so a config that passes its checks is a config that builds.
 """
 
 import inspect
 
 from spinenet_tf.backbones.resnet import ResNet50Backbone
-from spinenet_tf.backbones.spinenet import SpineNet
+from spinenet_tf.backbones.spinenet import SpineNet, spinenet_size_multiple
 from spinenet_tf.detection.retinanet import RetinaNet
+from spinenet_tf.errors import ModelError
 
 BACKBONES = {"spinenet": SpineNet, "resnet50": ResNet50Backbone}
 
 
-def _construct(cls, config, where):
-    accepted = [name for name in inspect.signature(cls.__init__).parameters if name not in ("self", "kwargs")]
-    unknown = sorted(set(config) - set(accepted) - {"name"})
+def constructor_arguments(function):
+    """{argument name: default (inspect.Parameter.empty if none)} of a class's constructor or a function."""
+    signature = inspect.signature(function.__init__ if inspect.isclass(function) else function)
+    return {
+        name: parameter.default
+        for name, parameter in signature.parameters.items()
+        if name != "self" and parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)
+    }
+
+
+def check_arguments(function, arguments, key, managed=(), error=ModelError):
+    """Raises `error` naming `key.<name>` for the first of `arguments` that `function` does not take.
+
+    `managed` are arguments the caller sets itself (and a config must therefore not give).
+    """
+    allowed = sorted(name for name in constructor_arguments(function) if name not in managed)
+    unknown = sorted(set(arguments) - set(allowed))
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; accepted keys are {accepted}.")
-    return cls(**config)
+        raise error(f"{key}.{unknown[0]}: unknown key; allowed keys here are {allowed}.")
 
 
-def build_backbone(config):
-    """{"type": "spinenet" | "resnet50", **constructor arguments} -> backbone model."""
-    config = dict(config)
-    kind = config.pop("type", "spinenet")
+def backbone_class(config, key="backbone", error=ModelError):
+    """The class named by a backbone config's "type" (default "spinenet")."""
+    kind = config.get("type", "spinenet")
     if kind not in BACKBONES:
-        raise ValueError(f"backbone.type: unknown backbone {kind!r}; use one of {sorted(BACKBONES)}.")
-    return _construct(BACKBONES[kind], config, f"backbone ({kind})")
+        raise error(f"{key}.type: {kind!r} is not one of the allowed values {sorted(BACKBONES)}.")
+    return BACKBONES[kind]
 
 
-def build_detector(config):
-    """{"backbone": {...}, "num_classes": ..., **RetinaNet arguments} -> RetinaNet."""
+def input_size_multiple(backbone_config):
+    """What the input height and width of this backbone config must be a multiple of.
+
+    The models' own rules: SpineNet's coarsest block level (from its block table and
+    levels), ResNet-50's stride 32.
+    """
+    cls = backbone_class(backbone_config)
+    if cls is SpineNet:
+        arguments = constructor_arguments(SpineNet)
+        return spinenet_size_multiple(
+            backbone_config.get("block_specs"),
+            backbone_config.get("min_level", arguments["min_level"]),
+            backbone_config.get("max_level", arguments["max_level"]),
+        )
+    return cls.size_multiple
+
+
+def build_backbone(config, image_size=None, sync_batch_norm=False):
+    """{"type": "spinenet" | "resnet50", **constructor arguments} -> backbone model.
+
+    `image_size` (square inputs) replaces the config's `image_shape`; `sync_batch_norm`
+    turns synchronised batch norm on (a runtime option, for every backbone).
+    """
+    arguments = {key: value for key, value in config.items() if key != "type"}
+    cls = backbone_class(config)
+    check_arguments(cls, {key for key in arguments if key != "name"}, "backbone")  # Keras takes a name
+    if image_size is not None:
+        arguments["image_shape"] = [image_size, image_size, 3]
+    if sync_batch_norm:
+        arguments["sync_batch_norm"] = True
+    return cls(**arguments)
+
+
+def build_detector(config, image_size=None, sync_batch_norm=False):
+    """{"backbone": {...}, "num_classes": ..., **RetinaNet arguments} -> RetinaNet.
+
+    `image_size` and `sync_batch_norm` are runtime options (the training app's
+    `data.image_size` and `runtime.sync_batch_norm`); sync batch norm applies to the
+    backbone and the head alike.
+    """
     config = dict(config)
-    if "backbone" not in config or "num_classes" not in config:
-        raise ValueError("A detector config needs 'backbone' and 'num_classes'.")
-    backbone = build_backbone(config.pop("backbone"))
-    return _construct(RetinaNet, {"backbone": backbone, **config}, "detector")
+    missing = [key for key in ("backbone", "num_classes") if key not in config]
+    if missing:
+        raise ModelError(f"A detector config needs 'backbone' and 'num_classes'; {missing} missing.")
+    backbone_config = config.pop("backbone")
+    check_arguments(RetinaNet, config, "detector", managed=("backbone",))
+    backbone = build_backbone(backbone_config, image_size, sync_batch_norm)
+    if sync_batch_norm:
+        config["sync_batch_norm"] = True
+    return RetinaNet(backbone=backbone, **config)

@@ -1,23 +1,36 @@
-"""The `spinenet` console script."""
+"""The `spinenet` console script: train, eval, export, predict, data, arch.
+
+Each command imports what it needs inside its function, so `spinenet --help` and
+`spinenet arch` answer without loading TensorFlow, and TensorFlow's C++ start-up logs can
+be silenced before it is loaded. A user error (a bad config, a missing file, data that
+cannot be used) is one line on stderr and exit status 2, never a traceback.
+"""
 
 import argparse
+import os
 import sys
 
-import yaml
-
 from spinenet_tf import specs
+from spinenet_tf.errors import ConfigError, ModelError, SpineNetError
+
+USER_ERRORS = (SpineNetError, OSError)
 
 
 def _load_block_specs(path):
     """A YAML list of [level, block_type, [offset0, offset1], is_output] rows."""
+    import yaml
+
     if path is None:
         return specs.SPINENET_BLOCK_SPECS
     with open(path) as f:
-        rows = yaml.safe_load(f)
+        try:
+            rows = yaml.safe_load(f)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML: {error}") from None
     if isinstance(rows, dict) and "block_specs" in rows:
         rows = rows["block_specs"]
     if not isinstance(rows, list):
-        raise SystemExit(f"{path}: expected a list of block rows (or a mapping with key 'block_specs').")
+        raise ConfigError(f"{path}: expected a list of block rows (or a mapping with key 'block_specs').")
     return rows
 
 
@@ -30,7 +43,7 @@ def arch(args):
     try:
         graph = resolve_block_graph(block_specs, args.min_level, args.max_level)
     except ValueError as error:
-        raise SystemExit(f"Invalid architecture: {error}") from error
+        raise ModelError(f"Invalid architecture: {error}") from None
     title = (
         f"SpineNet-{args.model}  (filter scale {scaling.filter_size_scale}, alpha {scaling.resample_alpha}, "
         f"repeats {scaling.block_repeats}, outputs P{args.min_level}-P{args.max_level})"
@@ -49,12 +62,7 @@ def arch(args):
 def data_synthetic(args):
     from spinenet_tf.data.synthetic import write_synthetic_coco
 
-    try:
-        summary = write_synthetic_coco(
-            args.out, num_train=args.num_train, num_val=args.num_val, seed=args.seed
-        )
-    except ValueError as error:
-        raise SystemExit(f"spinenet data synthetic: {error}") from error
+    summary = write_synthetic_coco(args.out, num_train=args.num_train, num_val=args.num_val, seed=args.seed)
     for split, info in summary.items():
         print(
             f"{split}: {info['images']} images, {info['annotations']} objects -> {info['annotations_file']}"
@@ -64,10 +72,7 @@ def data_synthetic(args):
 def data_coco_to_tfrecord(args):
     from spinenet_tf.data.tfrecord import coco_to_tfrecord
 
-    try:
-        summary = coco_to_tfrecord(args.images, args.annotations, args.out, args.shards, not args.no_masks)
-    except (OSError, ValueError) as error:
-        raise SystemExit(f"spinenet data coco-to-tfrecord: {error}") from error
+    summary = coco_to_tfrecord(args.images, args.annotations, args.out, args.shards, not args.no_masks)
     print(summary["report"].summary())
     print(
         f"wrote {summary['images']} images to {len(summary['shards'])} shard(s): "
@@ -76,24 +81,27 @@ def data_coco_to_tfrecord(args):
 
 
 def _experiment(args):
-    from spinenet_tf.training.config import ConfigError, load_config
+    """The config of a train or eval command: --config (a shipped experiment's name or a YAML
+    file), else the run's own config.yaml, else (train only) the embedded default."""
+    from spinenet_tf.training.config import DEFAULT_EXPERIMENT, load_config
+    from spinenet_tf.training.trainer import run_config_path
 
+    name = args.config
+    if name is None:
+        new_run = not os.path.exists(os.path.join(args.model_dir, "config.yaml"))
+        name = DEFAULT_EXPERIMENT if new_run and args.command == "train" else run_config_path(args.model_dir)
+    print(f"config: {name}", flush=True)
     overrides = list(args.set) + ([f"runtime.strategy={args.strategy}"] if args.strategy else [])
-    try:
-        return load_config(args.config, overrides)
-    except ConfigError as error:
-        raise SystemExit(f"Invalid config: {error}") from error
+    return load_config(name, overrides)
+
+
+PROGRESS = {"off": 0, "bar": 1, "lines": 2}
 
 
 def train_command(args):
-    from spinenet_tf.training.config import ConfigError
-    from spinenet_tf.training.trainer import TrainingDiverged, train
+    from spinenet_tf.training.trainer import train
 
-    config = _experiment(args)
-    try:
-        train(config, args.model_dir, verbose=args.verbose)
-    except (ConfigError, TrainingDiverged) as error:
-        raise SystemExit(f"spinenet train: {error}") from error
+    train(_experiment(args), args.model_dir, verbose=PROGRESS[args.progress])
 
 
 def eval_command(args):
@@ -105,13 +113,17 @@ def eval_command(args):
 def export_command(args):
     from spinenet_tf.export.from_run import export_run
 
-    try:
-        path, checkpoint = export_run(
-            args.model_dir, args.out, args.format, args.quantize, args.config, args.version,
-            args.calibration_images,
-        )  # fmt: skip
-    except (OSError, ValueError) as error:
-        raise SystemExit(f"spinenet export: {error}") from error
+    if args.format == "saved_model" and args.quantize != "none":
+        raise ConfigError("--quantize applies to --format tflite; a SavedModel is float32.")
+    path, checkpoint = export_run(
+        args.model_dir,
+        args.out,
+        args.format,
+        args.quantize,
+        args.config,
+        args.version,
+        args.calibration_images,
+    )
     print(f"exported {checkpoint} -> {path}")
 
 
@@ -134,10 +146,7 @@ def predict_command(args):
     from spinenet_tf.export.predictor import load_predictor
     from spinenet_tf.viz.detections import draw_detections
 
-    try:
-        predictor = load_predictor(args.model)
-    except (OSError, ValueError) as error:
-        raise SystemExit(f"spinenet predict: {error}") from error
+    predictor = load_predictor(args.model)
     os.makedirs(args.out, exist_ok=True)
     results, failures = [], 0
     for path in args.images:
@@ -152,11 +161,15 @@ def predict_command(args):
         picture = draw_detections(image, detections, predictor.labels, args.min_score)
         picture.save(os.path.join(args.out, f"{stem}.png"))
         found = [
-            {"box_yxyx": [round(float(v), 2) for v in box], "score": round(float(score), 4),
-             "class_id": int(class_id), "label": predictor.labels.get(int(class_id), str(int(class_id)))}
+            {
+                "box_yxyx": [round(float(v), 2) for v in box],
+                "score": round(float(score), 4),
+                "class_id": int(class_id),
+                "label": predictor.labels.get(int(class_id), str(int(class_id))),
+            }
             for box, score, class_id in zip(detections["boxes"], detections["scores"], detections["classes"])
             if score >= args.min_score
-        ]  # fmt: skip
+        ]
         results.append(
             {"image": path, "height": image.shape[0], "width": image.shape[1], "detections": found}
         )
@@ -168,9 +181,28 @@ def predict_command(args):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="spinenet", description="SpineNet models in Keras 3.")
+    # --tf-logs is accepted before or after the command name: `spinenet --tf-logs train ...`
+    # or `spinenet train --tf-logs ...`.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--tf-logs",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show TensorFlow's C++ logs (oneDNN, CUDA, XLA), hidden by default",
+    )
+    parser = argparse.ArgumentParser(
+        prog="spinenet", description="SpineNet models in Keras 3.", parents=[common]
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-    draw = commands.add_parser("arch", help="draw a SpineNet block graph as in the paper's figures")
+
+    def add_command(name, run, help_text, tensorflow=True, under=commands):
+        command = under.add_parser(name, help=help_text, parents=[common])
+        command.set_defaults(run=run, tensorflow=tensorflow, prog=command.prog)
+        return command
+
+    draw = add_command(
+        "arch", arch, "draw a SpineNet block graph as in the paper's figures", tensorflow=False
+    )
     draw.add_argument(
         "--model", default="49", choices=specs.MODEL_IDS, help="model id (scaling in the title)"
     )
@@ -178,14 +210,17 @@ def build_parser():
     draw.add_argument("--min-level", type=int, default=3)
     draw.add_argument("--max-level", type=int, default=7)
     draw.add_argument("--block-specs", help="YAML file with a custom block table (default: SpineNet-49's)")
-    draw.set_defaults(run=arch)
 
     for name, run, help_text in [
         ("train", train_command, "train an experiment (resumes from --model-dir)"),
         ("eval", eval_command, "COCO-evaluate the latest checkpoint of --model-dir"),
     ]:
-        command = commands.add_parser(name, help=help_text)
-        command.add_argument("--config", help="experiment YAML (experiments/retinanet/*.yaml)")
+        command = add_command(name, run, help_text)
+        command.add_argument(
+            "--config",
+            help="a shipped experiment's name (synthetic, retinanet/spinenet49_coco, custom_small, ...) or a "
+            "YAML file; default: the run's config.yaml in --model-dir, else (train) the synthetic default",
+        )
         command.add_argument("--model-dir", required=True, help="checkpoints, logs and metrics.json go here")
         command.add_argument(
             "--set",
@@ -195,52 +230,99 @@ def build_parser():
             help="override a config value, e.g. --set train.total_steps=100",
         )
         command.add_argument("--strategy", help="shorthand for --set runtime.strategy=...")
-        command.add_argument(
-            "--verbose", type=int, default=1, help="Keras progress bar: 0 off, 1 bar, 2 line"
-        )
-        command.set_defaults(run=run)
+        if name == "train":
+            command.add_argument(
+                "--progress",
+                choices=sorted(PROGRESS),
+                default="bar",
+                help="training progress: a bar updated in place, one line per checkpoint, or nothing",
+            )
 
-    export = commands.add_parser("export", help="export a training run: SavedModel (TF Serving) or TFLite")
+    export = add_command("export", export_command, "export a training run: SavedModel (TF Serving) or TFLite")
     export.add_argument("--model-dir", required=True, help="a training run (config.yaml and checkpoints/)")
     export.add_argument("--out", required=True, help="export/<name>: SavedModel versions or .tflite files")
     export.add_argument("--format", choices=["saved_model", "tflite"], default="saved_model")
-    export.add_argument("--quantize", choices=["none", "fp16", "dynamic", "int8"], default="none",
-                        help="TFLite quantisation (int8 calibrates on the training images)")  # fmt: skip
-    export.add_argument("--config", help="experiment YAML (default: the run's config.yaml)")
+    export.add_argument(
+        "--quantize",
+        choices=["none", "fp16", "dynamic", "int8"],
+        default="none",
+        help="TFLite quantisation (int8 calibrates on the training images)",
+    )
+    export.add_argument("--config", help="experiment name or YAML (default: the run's config.yaml)")
     export.add_argument("--version", type=int, help="SavedModel version (default: the next free one)")
     export.add_argument("--calibration-images", type=int, default=100, help="int8 calibration images")
-    export.set_defaults(run=export_command)
 
-    predict = commands.add_parser("predict", help="run an exported model on images; PNGs and JSON out")
+    predict = add_command("predict", predict_command, "run an exported model on images; PNGs and JSON out")
     predict.add_argument("--model", required=True, help="a SavedModel directory or a .tflite file")
     predict.add_argument("images", nargs="+", help="image files (JPEG, PNG, GIF, BMP)")
     predict.add_argument("--out", required=True, help="directory for the drawn PNGs and detections.json")
     predict.add_argument("--min-score", type=float, default=0.3, help="detections below it are left out")
-    predict.set_defaults(run=predict_command)
 
-    data = commands.add_parser("data", help="datasets: the embedded synthetic set, COCO -> TFRecord")
+    data = commands.add_parser(
+        "data", help="datasets: the embedded synthetic set, COCO -> TFRecord", parents=[common]
+    )
     data_commands = data.add_subparsers(dest="data_command", required=True)
-    synthetic = data_commands.add_parser(
-        "synthetic", help="write the synthetic detection dataset in COCO format"
+    synthetic = add_command(
+        "synthetic", data_synthetic, "write the synthetic dataset in COCO format", False, data_commands
     )
     synthetic.add_argument("--out", required=True, help="dataset directory")
     synthetic.add_argument("--num-train", type=int, default=1000)
     synthetic.add_argument("--num-val", type=int, default=200)
     synthetic.add_argument("--seed", type=int, default=0)
-    synthetic.set_defaults(run=data_synthetic)
-    convert = data_commands.add_parser("coco-to-tfrecord", help="convert a COCO split to TFRecord shards")
+    convert = add_command(
+        "coco-to-tfrecord",
+        data_coco_to_tfrecord,
+        "convert a COCO split to TFRecord shards",
+        True,
+        data_commands,
+    )
     convert.add_argument("--images", required=True, help="directory the file_names are relative to")
     convert.add_argument("--annotations", required=True, help="COCO instances JSON")
     convert.add_argument("--out", required=True, help="output prefix: PREFIX-00000-of-0000N.tfrecord")
     convert.add_argument("--shards", type=int, default=1)
     convert.add_argument("--no-masks", action="store_true", help="leave instance masks out")
-    convert.set_defaults(run=data_coco_to_tfrecord)
     return parser
+
+
+def load_tensorflow(show_logs):
+    """Imports TensorFlow with its C++ logs hidden, unless `show_logs`.
+
+    TF_CPP_MIN_LOG_LEVEL must be set before TensorFlow is imported, and even then the
+    messages TensorFlow's libraries print while they load (oneDNN, CUDA stubs, "All log
+    messages before absl::InitializeLog()") ignore it: stderr is sent to /dev/null for
+    the import itself.
+    """
+    if show_logs:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+        import tensorflow  # noqa: F401
+
+        return
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    args.run(args)
+    if args.tensorflow:
+        load_tensorflow(getattr(args, "tf_logs", False))
+    try:
+        args.run(args)
+    except USER_ERRORS as error:
+        line = f"{args.prog}: {' '.join(str(error).split())}"
+        print(line, file=sys.stderr)
+        stop = SystemExit(line)  # the line for callers of main(), exit status 2 for the shell
+        stop.code = 2
+        raise stop from None
     return 0
 
 

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from benchmarks import (
+    accelerator_throughput,
     accuracy_budget,
     backbone_table,
     cpu_inference,
@@ -19,11 +20,12 @@ from benchmarks import (
     target_assignment,
     training_throughput,
 )
-from benchmarks.reference import DETECTOR_REFERENCE
+from benchmarks.model_garden import Server
 from benchmarks.report import write_section
 from benchmarks.results import load_results, save_results
 from spinenet_tf import MODEL_IDS
 from spinenet_tf.data.synthetic import write_synthetic_coco
+from spinenet_tf.published import DETECTOR_REFERENCE
 from spinenet_tf.training.config import load_config, to_dict
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -46,10 +48,31 @@ def test_sections_are_replaced_not_duplicated(tmp_path):
     assert text.count("<!-- section:x -->") == 1 and "second" in text and "first" not in text
 
 
-def test_detector_table_writes_its_section(tmp_path):
+def test_detector_table_runs_as_a_module_and_names_its_command(tmp_path):
     out = tmp_path / "BENCHMARKS.md"
-    detector_table.main(["--models", "49S", "--out", str(out)])
-    assert "| 49S | 640 | 11,265,942 | 11,265,942 | +0 |" in out.read_text()
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.detector_table", "--models", "49S", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = out.read_text()
+    assert "| 49S | 640 | 11,265,942 | 11,265,942 | +0 |" in text
+    assert f"Command: `python -m benchmarks.detector_table --models 49S --out {out}`" in text
+
+
+@pytest.mark.slow
+def test_every_detector_matches_the_reference_table():
+    for name, reference in DETECTOR_REFERENCE.items():
+        params, gmacs = detector_table.measure(name)
+        if name == "R50-FPN":  # the zoo's rounded 34.0M; our ResNet-50 convs carry biases
+            assert params == pytest.approx(reference["params"], rel=0.01)
+        else:
+            assert params == reference["params"], name
+        if reference["gmacs"]:  # ours count conv and dense MACs only: 0.1-0.2% under the zoo's
+            assert gmacs == pytest.approx(reference["gmacs"], rel=0.01), name
 
 
 def test_target_assignment_benchmark_writes_its_section(tmp_path):
@@ -85,14 +108,30 @@ def _rows(path, first_cell):
 @pytest.fixture(scope="module")
 def tiny_coco(tmp_path_factory):
     """A 4 + 2 image synthetic COCO dataset: the benchmarks' --images/--annotations flags."""
-    return write_synthetic_coco(tmp_path_factory.mktemp("coco"), num_train=4, num_val=2, seed=0, min_size=64,
-                                max_size=96)  # fmt: skip
+    return write_synthetic_coco(
+        tmp_path_factory.mktemp("coco"), num_train=4, num_val=2, seed=0, min_size=64, max_size=96
+    )
 
 
 def test_cpu_inference_benchmark_times_every_mode_and_saves_json(tmp_path):
     out = tmp_path / "BENCHMARKS.md"
-    cpu_inference.main(["--models", "49S", "--size", "128", "--batches", "1", "--repeats", "1",
-                        "--no-model-garden", "--out", str(out), "--results", str(tmp_path)])  # fmt: skip
+    cpu_inference.main(
+        [
+            "--models",
+            "49S",
+            "--size",
+            "128",
+            "--batches",
+            "1",
+            "--repeats",
+            "1",
+            "--no-model-garden",
+            "--out",
+            str(out),
+            "--results",
+            str(tmp_path),
+        ]
+    )
     rows = _rows(out, "49S")
     assert [row[3] for row in rows] == ["raw", "post-processed"]
     assert all(float(row[1]) > 0 and all(float(ms) > 0 for ms in row[4:]) for row in rows)
@@ -108,57 +147,107 @@ def test_model_garden_comparison_divides_ours_by_theirs():
     ours = [{"model": "49", "batch": 1, "output": "raw", "mode": "XLA", "ms_per_image": 30.0, **params}]
     theirs = [
         {"model": "49", "batch": 1, "mode": "XLA", "ms_per_image": 60.0, **params},
-        {"model": "R50-FPN", "error": "model_garden_inference.py failed: ImportError"},
+        {"model": "R50-FPN", "error": "benchmarks.model_garden_inference failed: ImportError"},
     ]
     table = cpu_inference.comparison_table(ours, theirs)
     assert table[2] == "| 49 | 1 | XLA | 30 | 60 | 0.50 | +0 |"
-    assert "skipped: model_garden_inference.py failed: ImportError" in table[3]
+    assert "skipped: benchmarks.model_garden_inference failed: ImportError" in table[3]
+
+
+def test_a_server_that_dies_reports_its_last_log_line():
+    server = Server(sys.executable, "benchmarks.no_such_module")
+    with pytest.raises(RuntimeError, match="benchmarks.no_such_module failed: .*No module named"):
+        server.ask("params")
+    server.close()
 
 
 def test_training_throughput_benchmark_measures_a_training_step(tmp_path):
     out = tmp_path / "BENCHMARKS.md"
-    training_throughput.main(["--runs", "synthetic", "--size", "128", "--batch", "2", "--steps", "1",
-                              "--out", str(out)])  # fmt: skip
+    training_throughput.main(
+        ["--runs", "synthetic", "--size", "128", "--batch", "2", "--steps", "1", "--out", str(out)]
+    )
     (row,) = _rows(out, "synthetic")
     assert row[1:4] == ["SpineNet-49, filter scale 0.25", "128", "2"] and float(row[-1]) > 0
-    if training_throughput.accelerator() is None:
-        assert _rows(out, "GPU")[0][-1] == "not measured yet: no device"
+    device = accelerator_throughput.accelerator()
+    gpu = "not measured yet: no device" if device is None else f"{device}: see the next section"
+    assert _rows(out, "GPU")[0][-1] == gpu
+    assert accelerator_throughput.ACCELERATOR_COMMAND in out.read_text()
 
 
-def test_accelerator_section_says_not_measured_without_a_device(tmp_path):
-    if training_throughput.accelerator() is not None:
-        pytest.skip("a GPU is visible: the section would be measured")
+def test_accelerator_section_says_not_measured_without_a_device(tmp_path, monkeypatch):
+    monkeypatch.setattr(accelerator_throughput, "accelerator", lambda: None)
     out = tmp_path / "BENCHMARKS.md"
-    training_throughput.main(["--accelerator", "--out", str(out)])
+    accelerator_throughput.main(["--out", str(out)])
     text = out.read_text()
-    assert "not measured yet: no device" in text and training_throughput.ACCELERATOR_COMMAND in text
+    assert "not measured yet: no device" in text and accelerator_throughput.ACCELERATOR_COMMAND in text
 
 
 @pytest.mark.slow
 def test_accelerator_suite_runs_on_jax_at_a_tiny_size(tmp_path):
     out = tmp_path / "BENCHMARKS.md"
+    flags = [
+        "--allow-cpu",
+        "--models",
+        "49",
+        "--size",
+        "128",
+        "--batch",
+        "2",
+        "--steps",
+        "1",
+        "--filter-size-scale",
+        "0.25",
+        "--max-boxes",
+        "4",
+        "--matmul-size",
+        "256",
+    ]
     result = subprocess.run(
-        [sys.executable, "benchmarks/training_throughput.py", "--accelerator", "--allow-cpu",
-         "--models", "49", "--size", "128", "--batch", "2", "--steps", "1", "--filter-size-scale", "0.25",
-         "--max-boxes", "4", "--matmul-size", "256", "--out", str(out)],
-        env={**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True,
-        timeout=600, cwd=REPO,
-    )  # fmt: skip
+        [sys.executable, "-m", "benchmarks.accelerator_throughput", *flags, "--out", str(out)],
+        env={**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = _rows(out, "49")
     assert [row[1] for row in rows] == ["float32", "mixed_bfloat16"]
     assert all(float(row[5]) > 0 and float(row[7]) > 0 for row in rows)
+    assert f"Command: `KERAS_BACKEND=jax python -m benchmarks.accelerator_throughput {' '.join(flags)}" in (
+        out.read_text()
+    )
 
 
 def test_accuracy_budget_trains_evaluates_and_saves_json(tmp_path, tiny_coco):
     out = tmp_path / "BENCHMARKS.md"
     train, val = tiny_coco["train"], tiny_coco["val"]
     accuracy_budget.main(
-        ["--models", "SpineNet-49S", "--steps", "2", "--size", "128", "--batch", "2",
-         "--images", str(train["dir"]), "--annotations", str(train["annotations_file"]),
-         "--val-images", str(val["dir"]), "--val-annotations", str(val["annotations_file"]),
-         "--work-dir", str(tmp_path / "runs"), "--out", str(out), "--results", str(tmp_path)]
-    )  # fmt: skip
+        [
+            "--models",
+            "SpineNet-49S",
+            "--steps",
+            "2",
+            "--size",
+            "128",
+            "--batch",
+            "2",
+            "--images",
+            str(train["dir"]),
+            "--annotations",
+            str(train["annotations_file"]),
+            "--val-images",
+            str(val["dir"]),
+            "--val-annotations",
+            str(val["annotations_file"]),
+            "--work-dir",
+            str(tmp_path / "runs"),
+            "--out",
+            str(out),
+            "--results",
+            str(tmp_path),
+        ]
+    )
     (row,) = _rows(out, "SpineNet-49S")
     assert 0.0 <= float(row[1]) <= 1.0 and float(row[4]) > 0 and int(row[5].replace(",", "")) > 0
     assert "2 steps of batch 2 at 128x128 px" in out.read_text()
@@ -167,15 +256,17 @@ def test_accuracy_budget_trains_evaluates_and_saves_json(tmp_path, tiny_coco):
 
 
 def test_plot_draws_both_panels_from_saved_results(tmp_path):
-    accuracy = [{"model": "SpineNet-49S", "AP": 0.2, "AP50": 0.4, "gmacs": 2.2},
-                {"model": "R50-FPN", "AP": 0.1, "AP50": 0.3, "gmacs": 5.7}]  # fmt: skip
+    accuracy = [
+        {"model": "SpineNet-49S", "AP": 0.2, "AP50": 0.4, "gmacs": 2.2},
+        {"model": "R50-FPN", "AP": 0.1, "AP50": 0.3, "gmacs": 5.7},
+    ]
     save_results("accuracy_budget", {"size": 256, "steps": 300, "batch": 8}, accuracy, tmp_path)
     ours = [
         {"model": model, "gmacs": gmacs, "batch": 1, "output": "raw", "mode": mode, "ms_per_image": ms}
         for model, gmacs in (("49S", 30.8), ("49", 85.3))
         for mode, ms in (("eager", 900), ("XLA", 700))
     ]
-    theirs = [{"model": "49S", "batch": 1, "mode": "tf.function", "ms_per_image": 800.0}]  # fmt: skip
+    theirs = [{"model": "49S", "batch": 1, "mode": "tf.function", "ms_per_image": 800.0}]
     save_results("cpu_inference", {"size": 640}, {"ours": ours, "model_garden": theirs}, tmp_path)
     png = tmp_path / "plot.png"
     plot.main(["--results", str(tmp_path), "--out", str(png)])
@@ -190,7 +281,9 @@ def test_detector_table_covers_every_spinenet_variant():
 def test_accuracy_budget_configs_differ_only_in_the_backbone():
     args = argparse.Namespace(steps=300, size=256, batch=8, pyramid_filters=64, images=None)
     spinenet, resnet = (
-        to_dict(load_config(training_throughput.SYNTHETIC_CONFIG, accuracy_budget.overrides(args, backbone)))
+        to_dict(
+            load_config(training_throughput.SYNTHETIC_EXPERIMENT, accuracy_budget.overrides(args, backbone))
+        )
         for backbone in accuracy_budget.BACKBONES.values()
     )
     assert spinenet["model"].pop("backbone") != resnet["model"].pop("backbone")

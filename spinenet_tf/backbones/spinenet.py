@@ -22,6 +22,17 @@ def _regularizer(value):
     return keras.regularizers.get(value)
 
 
+def spinenet_size_multiple(block_specs=None, min_level=3, max_level=7):
+    """What SpineNet's input height and width must be a multiple of: 2**L, L its coarsest level.
+
+    The coarsest level of the blocks the outputs need, or `max_level` if higher; the one
+    rule that the model and the experiment config both apply.
+    """
+    block_specs = specs.SPINENET_BLOCK_SPECS if block_specs is None else block_specs
+    graph = resolve_block_graph(block_specs, min_level, max_level)
+    return 2 ** max(max_level, *(node.level for node in graph.used_nodes()))
+
+
 def _check_image_shape(image_shape, multiple):
     if len(image_shape) != 3 or image_shape[-1] is None:
         raise ValueError(
@@ -100,8 +111,8 @@ class SpineNet(keras.Model):
         block_specs = specs.SPINENET_BLOCK_SPECS if block_specs is None else block_specs
         graph = resolve_block_graph(block_specs, min_level, max_level)
         image_shape = tuple(image_shape)
-        coarsest = max(max_level, *(node.level for node in graph.used_nodes()))
-        _check_image_shape(image_shape, 2**coarsest)
+        size_multiple = spinenet_size_multiple(graph.block_specs, min_level, max_level)
+        _check_image_shape(image_shape, size_multiple)
 
         settings = ConvNormSettings(
             activation=activation,
@@ -170,8 +181,7 @@ class SpineNet(keras.Model):
         self.sync_batch_norm = sync_batch_norm
         self.kernel_initializer = kernel_initializer
         self.kernel_regularizer = settings.kernel_regularizer
-        self.size_multiple = 2**coarsest
-        self.block_graph = graph
+        self.size_multiple = size_multiple
         self.pyramid_channels = {name: endpoints_num_filters for name in features}
         self.pyramid_strides = {f"P{level}": 2**level for level in graph.outputs}
 

@@ -6,13 +6,12 @@ nearest-neighbour resampling, so that copy-paste can use them afterwards.
 
 import tensorflow as tf
 
-# ImageNet statistics in 0..255 RGB, the normalisation of Model Garden's detectors.
-MEAN_RGB = (123.675, 116.28, 103.53)
-STDDEV_RGB = (58.395, 57.12, 57.375)
+from spinenet_tf.layers.image_converter import MEAN_RGB, STDDEV_RGB
 
 
 def normalise_image(image):
-    """uint8 RGB -> float32 with ImageNet mean and standard deviation removed."""
+    """uint8 RGB -> float32 with ImageNet mean and standard deviation removed: the model's
+    `ImageConverter` normalisation, in TensorFlow ops for tf.data on any Keras backend."""
     return (tf.cast(image, tf.float32) - MEAN_RGB) / STDDEV_RGB
 
 
@@ -76,9 +75,12 @@ def scale_jitter_crop(image, boxes, masks, output_size, scale_range=(0.5, 2.0)):
         )
 
     boxes = _scale_boxes(
-        boxes, tf.cast(new_height, tf.float32) / height, tf.cast(new_width, tf.float32) / width,
-        tf.cast(offset_y, tf.float32), tf.cast(offset_x, tf.float32),
-    )  # fmt: skip
+        boxes,
+        tf.cast(new_height, tf.float32) / height,
+        tf.cast(new_width, tf.float32) / width,
+        tf.cast(offset_y, tf.float32),
+        tf.cast(offset_x, tf.float32),
+    )
     # The crop covers the scaled image only up to its own size; beyond it is padding.
     limit_y = tf.cast(tf.minimum(new_height - offset_y, output_size), tf.float32)
     limit_x = tf.cast(tf.minimum(new_width - offset_x, output_size), tf.float32)
@@ -86,22 +88,6 @@ def scale_jitter_crop(image, boxes, masks, output_size, scale_range=(0.5, 2.0)):
     keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     masks = tf.boolean_mask(masks, keep) if masks is not None else None
     return image, tf.boolean_mask(boxes, keep), masks, keep
-
-
-def resize_and_pad(image, output_size):
-    """Eval resize: longest side to `output_size`, aspect kept, zero padding bottom/right.
-
-    Returns the float32 image and the (scale_y, scale_x) factors from original pixels to
-    model pixels, which map detections back to the original image.
-    """
-    height, width = tf.unstack(tf.cast(tf.shape(image)[:2], tf.float32))
-    scale = output_size / tf.maximum(height, width)
-    new_height = tf.maximum(tf.cast(tf.round(height * scale), tf.int32), 1)
-    new_width = tf.maximum(tf.cast(tf.round(width * scale), tf.int32), 1)
-    image, _ = _resize(image, None, new_height, new_width)
-    image = tf.image.pad_to_bounding_box(image, 0, 0, output_size, output_size)
-    scales = tf.stack([tf.cast(new_height, tf.float32) / height, tf.cast(new_width, tf.float32) / width])
-    return image, scales
 
 
 def pad_labels(boxes, classes, max_boxes):

@@ -1,12 +1,15 @@
-"""COCO instances JSON -> validated image records (boxes, classes, crowd flags, masks).
+"""COCO instances JSON: the project's one reader of it, and validated image records.
 
-Structural damage (not JSON, missing 'images') is an error naming the file and the
-problem. Damage to single images or boxes is counted in a `DataReport` and skipped or
-fixed, so one bad entry in 100k never stops a run.
+`load_annotations` is the only code that opens and checks an annotations file: training
+(`read_coco`), evaluation and the exporter's label names all use it, so a broken file
+fails the same way everywhere, with a DataError naming the file, the list and the entry.
+Damage to single images or boxes is counted in a `DataReport` and skipped or fixed, so
+one bad entry in 100k never stops a run.
 """
 
 import dataclasses
 import json
+import numbers
 import os
 
 import numpy as np
@@ -14,8 +17,13 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from spinenet_tf.data.report import DataReport
+from spinenet_tf.errors import DataError
 
-REQUIRED_KEYS = ("images", "annotations", "categories")
+LISTS = ("images", "annotations", "categories")
+# The bytes a complete file ends with, by PIL format name (MPO: a phone's multi-picture JPEG).
+JPEG_END = b"\xff\xd9"
+END_MARKERS = {"JPEG": JPEG_END, "MPO": JPEG_END, "PNG": b"\0\0\0\0IEND\xaeB`\x82"}
+TAIL_BYTES = 4096
 
 
 @dataclasses.dataclass
@@ -64,42 +72,118 @@ def _rasterise(segmentation, height, width):
     return mask_utils.decode(rle)
 
 
-def load_annotations(annotations_file):
-    """The parsed JSON, or an error that names the file and what is wrong with it."""
+def check_annotations(data, source, required_fields=None):
+    """Raises a DataError naming `source`, the list and the entry unless `data` is a COCO instances object.
+
+    Every file needs the three LISTS and integer `id`s on its images and categories;
+    `required_fields` ({list name: field names}) adds what a consumer relies on: the
+    image files of `read_coco`, the image sizes and annotation areas of the evaluator.
+    """
+    if not isinstance(data, dict):
+        raise DataError(f"{source}: expected a JSON object with lists {LISTS}, got {type(data).__name__}.")
+    for key in LISTS:
+        if not isinstance(data.get(key), list):
+            raise DataError(
+                f"{source}: key {key!r} is missing or not a list (a COCO instances file has {LISTS})."
+            )
+    for key in ("images", "categories"):
+        for n, entry in enumerate(data[key]):
+            identifier = entry.get("id") if isinstance(entry, dict) else None
+            if not isinstance(identifier, numbers.Integral):
+                raise DataError(f"{source}: {key}[{n}] has no integer 'id' (got {identifier!r}).")
+    for key, fields in (required_fields or {}).items():
+        for n, entry in enumerate(data[key]):
+            if not isinstance(entry, dict):
+                raise DataError(f"{source}: {key}[{n}] is not an object: {entry!r:.60}.")
+            missing = [field for field in fields if field not in entry]
+            if missing:
+                raise DataError(f"{source}: {key}[{n}] (id {entry.get('id')}) has no {missing}.")
+
+
+def load_annotations(annotations_file, required_fields=None):
+    """The parsed and checked JSON of a COCO instances file (see `check_annotations`).
+
+    The project's only reader of these files. A missing file is a FileNotFoundError; any
+    other problem a one-line DataError that names the file.
+    """
+    path = os.fspath(annotations_file)
     try:
-        with open(annotations_file) as f:
+        with open(path, "rb") as f:
             data = json.load(f)
     except FileNotFoundError:
-        raise FileNotFoundError(f"COCO annotations file not found: {annotations_file}") from None
+        raise FileNotFoundError(f"COCO annotations file not found: {path}") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory, not a COCO annotations JSON file.") from None
     except json.JSONDecodeError as error:
-        raise ValueError(
-            f"{annotations_file}: not valid JSON ({error.msg} at line {error.lineno}, column {error.colno})."
+        raise DataError(
+            f"{path}: not valid JSON ({error.msg} at line {error.lineno}, column {error.colno})."
         ) from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{annotations_file}: expected a JSON object with keys {REQUIRED_KEYS}.")
-    for key in REQUIRED_KEYS:
-        if not isinstance(data.get(key), list):
-            raise ValueError(
-                f"{annotations_file}: key {key!r} is missing or not a list "
-                f"(a COCO instances file has {REQUIRED_KEYS})."
-            )
-    for n, image in enumerate(data["images"]):
-        missing = [key for key in ("id", "file_name") if not isinstance(image, dict) or key not in image]
-        if missing:
-            raise ValueError(f"{annotations_file}: images[{n}] has no {missing}.")
-    for n, category in enumerate(data["categories"]):
-        if not isinstance(category, dict) or not isinstance(category.get("id"), int):
-            raise ValueError(f"{annotations_file}: categories[{n}] has no integer 'id'.")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: not valid JSON (not UTF-8 text at byte {error.start}).") from None
+    check_annotations(data, path, required_fields)
     return data
 
 
+def category_names(annotations_file):
+    """{category id: name} of a COCO instances file; the id as text where a category has no name."""
+    categories = load_annotations(annotations_file)["categories"]
+    return {int(category["id"]): str(category.get("name", category["id"])) for category in categories}
+
+
+def _jpeg_scan_start(data):
+    """Offset of a JPEG's first start-of-scan marker, found by walking its header segments.
+
+    Searching the bytes instead could stop inside an APP segment, whose embedded
+    thumbnail (EXIF) is a whole JPEG with an end marker of its own.
+    """
+    position = 2  # after the start-of-image marker
+    while position + 4 <= len(data) and data[position] == 0xFF:
+        marker = data[position + 1]
+        if marker == 0xDA:
+            return position
+        if marker == 0xFF:  # fill byte before a marker
+            position += 1
+        else:
+            position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
+    return position
+
+
+def _is_truncated(file, image_format):
+    """Whether an open JPEG or PNG file stops before its end marker (other formats: False).
+
+    A cut JPEG decodes "successfully" in TensorFlow, grey below the cut, with one
+    anonymous log line, so the reader checks the end of each file: the last TAIL_BYTES
+    (zero padding allowed after the marker); only when they do not end with the marker is
+    the whole file searched, for data appended after it (phones append videos to photos).
+    """
+    end = END_MARKERS.get(image_format)
+    if end is None:
+        return False
+    size = file.seek(0, os.SEEK_END)
+    file.seek(max(0, size - TAIL_BYTES))
+    if file.read().rstrip(b"\0").endswith(end):
+        return False
+    file.seek(0)
+    data = file.read()
+    start = _jpeg_scan_start(data) if end == JPEG_END else 0
+    return data.find(end, start) < 0
+
+
 def _image_size(path, image, report):
-    """(height, width) from the file itself, or None when it is not a readable image."""
+    """(height, width) from the file's header, or None when it is not a readable, complete image."""
     try:
-        with Image.open(path) as opened:
-            width, height = opened.size
+        with open(path, "rb") as file:
+            with Image.open(file) as opened:
+                width, height = opened.size
+                image_format = opened.format
+            truncated = _is_truncated(file, image_format)
     except (OSError, SyntaxError, ValueError) as error:
         report.warn("corrupt_image", f"{image['file_name']}: {error}")
+        return None
+    if truncated:
+        report.warn(
+            "truncated_image", f"{image['file_name']}: {image_format} data ends before its end marker"
+        )
         return None
     if (image.get("height"), image.get("width")) != (height, width):
         report.warn(
@@ -135,10 +219,11 @@ def _clean_box(annotation, height, width, report):
 def read_coco(images_dir, annotations_file, verify_images=True):
     """Validated records of a COCO instances file whose `file_name`s live under `images_dir`.
 
-    `verify_images` opens each file's header (fast: no decoding) to catch missing, corrupt
-    or mis-sized images up front; truncated image data is caught later by the pipeline.
+    `verify_images` reads each file's header and last bytes (fast: no decoding) to catch
+    missing, corrupt, truncated or mis-sized images up front; image data damaged in the
+    middle fails to decode later and the pipeline skips it with a logged warning.
     """
-    data = load_annotations(annotations_file)
+    data = load_annotations(annotations_file, required_fields={"images": ("file_name",)})
     report = DataReport(os.fspath(annotations_file))
     root = os.path.realpath(images_dir)
     category_ids = {category["id"] for category in data["categories"]}
@@ -178,8 +263,14 @@ def read_coco(images_dir, annotations_file, verify_images=True):
         _, height, width, objects = images[image_id]
         box = _clean_box(annotation, height, width, report)
         if box is not None:
-            objects.append((box, annotation["category_id"], bool(annotation.get("iscrowd", 0)),
-                            annotation.get("segmentation")))  # fmt: skip
+            objects.append(
+                (
+                    box,
+                    annotation["category_id"],
+                    bool(annotation.get("iscrowd", 0)),
+                    annotation.get("segmentation"),
+                )
+            )
 
     records = []
     for image_id, (path, height, width, objects) in images.items():
@@ -195,6 +286,6 @@ def read_coco(images_dir, annotations_file, verify_images=True):
                 classes=np.array([o[1] for o in objects], np.int32),
                 is_crowd=np.array([o[2] for o in objects], bool),
                 segmentations=[o[3] for o in objects],
-            )  # fmt: skip
+            )
         )
     return CocoDataset(records, data["categories"], report)

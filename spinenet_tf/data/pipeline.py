@@ -2,10 +2,17 @@
 
 Every source yields undecoded examples {"encoded", "image_id", "boxes" (normalised
 [ymin, xmin, ymax, xmax]), "classes" (COCO category ids), "is_crowd"} and, when asked,
-masks. Decoding, augmentation and batching are shared. Training batches are
-(images [B, S, S, 3] float32 normalised, {"boxes": [B, M, 4] pixels, "classes": [B, M]}),
-exactly what `RetinaNet.fit` takes; class ids are used as they are (Model Garden's
-convention: a COCO model has 91 outputs, class 0 background).
+masks. Decoding is shared.
+
+Training batches are (images [B, S, S, 3] float32 normalised, {"boxes": [B, M, 4]
+pixels, "classes": [B, M]}), exactly what `RetinaNet.fit` takes; class ids are used as
+they are (Model Garden's convention: a COCO model has 91 outputs, class 0 background).
+
+Evaluation batches are the photos as decoded (uint8, zero-padded bottom/right to the
+batch's largest) with their ids and sizes: `RetinaNet.predict` letterboxes and normalises
+a photo itself and answers in its pixels, so
+`model.predict_on_batch(unpad(images, meta["original_size"]))` goes straight to
+`CocoEvaluator.update(meta["image_id"], ...)`.
 """
 
 import dataclasses
@@ -30,6 +37,7 @@ class Source:
     num_images: int | None
     report: DataReport
     categories: list | None = None
+    num_boxes: int | None = None  # non-crowd objects: what there is to learn (unknown for TFRecords)
 
     def dataset(self, with_masks=False):
         return self.make_dataset(with_masks)
@@ -72,7 +80,8 @@ def coco_source(images_dir, annotations_file, verify_images=True):
 
         return tf.data.Dataset.from_tensor_slices(slices).map(load, num_parallel_calls=AUTOTUNE)
 
-    return Source(make_dataset, len(records), coco.report, coco.categories)
+    num_boxes = sum(int(np.count_nonzero(~r.is_crowd)) for r in records)
+    return Source(make_dataset, len(records), coco.report, coco.categories, num_boxes)
 
 
 def tfrecord_source(file_pattern):
@@ -83,11 +92,24 @@ def tfrecord_source(file_pattern):
 
     def make_dataset(with_masks):
         files_dataset = tf.data.Dataset.from_tensor_slices(files)
-        records = files_dataset.interleave(tf.data.TFRecordDataset, cycle_length=AUTOTUNE,
-                                           num_parallel_calls=AUTOTUNE, deterministic=False)  # fmt: skip
+        records = files_dataset.interleave(
+            tf.data.TFRecordDataset, cycle_length=AUTOTUNE, num_parallel_calls=AUTOTUNE, deterministic=False
+        )
         return records.map(lambda s: parse_example(s, with_masks), num_parallel_calls=AUTOTUNE)
 
     return Source(make_dataset, None, DataReport(file_pattern))
+
+
+def make_source(split):
+    """The Source of a config data split: its `tfrecord` glob, else its COCO `images` and `annotations`.
+
+    Prints the data report of a COCO split (what was skipped or fixed) before any step runs.
+    """
+    if split.tfrecord:
+        return tfrecord_source(split.tfrecord)
+    source = coco_source(split.images, split.annotations)
+    print(source.report.summary(), flush=True)
+    return source
 
 
 def _box_masks(boxes, height, width):
@@ -95,9 +117,11 @@ def _box_masks(boxes, height, width):
     ys = tf.range(height, dtype=tf.float32)[None, :, None] + 0.5
     xs = tf.range(width, dtype=tf.float32)[None, None, :] + 0.5
     inside = (
-        (ys >= boxes[:, 0, None, None]) & (ys < boxes[:, 2, None, None])
-        & (xs >= boxes[:, 1, None, None]) & (xs < boxes[:, 3, None, None])
-    )  # fmt: skip
+        (ys >= boxes[:, 0, None, None])
+        & (ys < boxes[:, 2, None, None])
+        & (xs >= boxes[:, 1, None, None])
+        & (xs < boxes[:, 3, None, None])
+    )
     return tf.cast(inside, tf.uint8)
 
 
@@ -123,8 +147,11 @@ def _decoded_masks(example, boxes, height, width):
     num_objects = tf.shape(boxes)[0]
     if "masks" in example:
         masks = tf.ensure_shape(example["masks"], [None, None, None])
-        masks = tf.cond(tf.reduce_all(tf.shape(masks) == tf.stack([num_objects, height, width])),
-                        lambda: masks, lambda: _box_masks(boxes, height, width))  # fmt: skip
+        masks = tf.cond(
+            tf.reduce_all(tf.shape(masks) == tf.stack([num_objects, height, width])),
+            lambda: masks,
+            lambda: _box_masks(boxes, height, width),
+        )
     else:
         pngs = example["mask_pngs"]
 
@@ -138,7 +165,7 @@ def _decoded_masks(example, boxes, height, width):
             (tf.size(pngs) == num_objects) & (num_objects > 0),
             decode_pngs,
             lambda: _box_masks(boxes, height, width),
-        )  # fmt: skip
+        )
     return tf.reshape(masks, [num_objects, height, width])
 
 
@@ -213,17 +240,25 @@ def train_dataset(
     return dataset.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
 
 
-def eval_dataset(source, image_size, batch_size):
-    """(images, {"image_id", "scale" [B, 2], "original_size" [B, 2]}) batches, in source order, all images."""
+def eval_dataset(source, batch_size):
+    """(images, {"image_id" [B] int64, "original_size" [B, 2] int32 (height, width)}) batches.
 
-    def prepare(example):
-        image, scale = augment.resize_and_pad(example["image"], image_size)
-        meta = {
-            "image_id": example["image_id"],
-            "scale": scale,
-            "original_size": tf.shape(example["image"])[:2],
-        }
-        return augment.normalise_image(image), meta
+    Images are uint8 [B, Hmax, Wmax, 3], each zero-padded bottom/right to the batch's
+    largest height and width; every image comes once, in source order, except those that
+    fail to decode (skipped with a logged warning). `unpad` gives the photos back.
+    """
+
+    def with_meta(example):
+        image = example["image"]
+        return image, {"image_id": example["image_id"], "original_size": tf.shape(image)[:2]}
 
     dataset = source.dataset().map(decode, AUTOTUNE).ignore_errors(log_warning=True)
-    return dataset.map(prepare, AUTOTUNE).batch(batch_size).prefetch(AUTOTUNE)
+    return dataset.map(with_meta, AUTOTUNE).padded_batch(batch_size).prefetch(AUTOTUNE)
+
+
+def unpad(images, original_sizes):
+    """A padded batch (tf or numpy) -> a list of numpy uint8 [H, W, 3] images, padding cut off."""
+    images, original_sizes = np.asarray(images), np.asarray(original_sizes)
+    if len(images) != len(original_sizes):
+        raise ValueError(f"unpad: {len(images)} images but {len(original_sizes)} original sizes.")
+    return [image[:height, :width] for image, (height, width) in zip(images, original_sizes)]

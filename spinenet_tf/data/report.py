@@ -12,6 +12,7 @@ ACTIONS = {
     "unsafe_path": "image skipped: file_name leaves the images directory",
     "missing_file": "image skipped: file not found",
     "corrupt_image": "image skipped: not a readable image",
+    "truncated_image": "image skipped: file cut short (no JPEG/PNG end marker)",
     "size_mismatch": "size fixed: JSON height/width differ from the file's",
     "no_annotations": "image kept as background only: no annotations",
     "malformed_annotation": "annotation skipped: bbox is not 4 numbers",

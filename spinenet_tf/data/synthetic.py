@@ -13,6 +13,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
+from spinenet_tf.errors import DataError
+
 CATEGORIES = [
     {"id": 1, "name": "circle", "supercategory": "shape"},
     {"id": 2, "name": "square", "supercategory": "shape"},
@@ -47,9 +49,23 @@ POLYGONS = {
     "square": _regular(4),
     "triangle": _regular(3),
     "star": _regular(5, radii=(1.0, 0.4)),
-    "cross": _unit_polygon([(_ARM, 1), (_ARM, _ARM), (1, _ARM), (1, -_ARM), (_ARM, -_ARM), (_ARM, -1),
-                            (-_ARM, -1), (-_ARM, -_ARM), (-1, -_ARM), (-1, _ARM), (-_ARM, _ARM), (-_ARM, 1)]),
-}  # fmt: skip
+    "cross": _unit_polygon(
+        [
+            (_ARM, 1),
+            (_ARM, _ARM),
+            (1, _ARM),
+            (1, -_ARM),
+            (_ARM, -_ARM),
+            (_ARM, -1),
+            (-_ARM, -1),
+            (-_ARM, -_ARM),
+            (-1, -_ARM),
+            (-1, _ARM),
+            (-_ARM, _ARM),
+            (-_ARM, 1),
+        ]
+    ),
+}
 
 
 def _shape_mask(name, size, rng):
@@ -139,12 +155,20 @@ def _annotations(ids, objects, image_id, first_id):
         rows, cols = np.flatnonzero(visible.any(axis=1)), np.flatnonzero(visible.any(axis=0))
         x, y = cols[0], rows[0]
         rle = mask_utils.encode(np.asfortranarray(visible.astype(np.uint8)))
-        annotations.append({
-            "id": first_id + len(annotations), "image_id": image_id, "category_id": obj["category_id"],
-            "bbox": [float(x), float(y), float(cols[-1] + 1 - x), float(rows[-1] + 1 - y)],
-            "area": float(visible.sum()), "iscrowd": 0,
-            "segmentation": {"counts": rle["counts"].decode("ascii"), "size": [int(s) for s in rle["size"]]},
-        })  # fmt: skip
+        annotations.append(
+            {
+                "id": first_id + len(annotations),
+                "image_id": image_id,
+                "category_id": obj["category_id"],
+                "bbox": [float(x), float(y), float(cols[-1] + 1 - x), float(rows[-1] + 1 - y)],
+                "area": float(visible.sum()),
+                "iscrowd": 0,
+                "segmentation": {
+                    "counts": rle["counts"].decode("ascii"),
+                    "size": [int(s) for s in rle["size"]],
+                },
+            }
+        )
     return annotations
 
 
@@ -152,8 +176,12 @@ def _write_split(out_dir, split, num_images, seed, min_size, max_size, max_objec
     """Writes one split's JPEGs and annotations file; image i's content depends only on (seed, split, i)."""
     images_dir = os.path.join(out_dir, split)
     os.makedirs(images_dir, exist_ok=True)
-    data = {"info": {"description": "spinenet_tf synthetic shapes", "seed": seed},
-            "images": [], "annotations": [], "categories": CATEGORIES}  # fmt: skip
+    data = {
+        "info": {"description": "spinenet_tf synthetic shapes", "seed": seed},
+        "images": [],
+        "annotations": [],
+        "categories": CATEGORIES,
+    }
     for index in range(num_images):
         rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(SPLITS.index(split), index)))
         height, width = (int(v) for v in rng.integers(min_size, max_size + 1, 2))
@@ -165,20 +193,25 @@ def _write_split(out_dir, split, num_images, seed, min_size, max_size, max_objec
     annotations_file = os.path.join(out_dir, "annotations", f"instances_{split}.json")
     with open(annotations_file, "w") as f:
         json.dump(data, f)
-    return {"images": num_images, "annotations": len(data["annotations"]), "dir": images_dir,
-            "annotations_file": annotations_file}  # fmt: skip
+    return {
+        "images": num_images,
+        "annotations": len(data["annotations"]),
+        "dir": images_dir,
+        "annotations_file": annotations_file,
+    }
 
 
 def _check_int(name, value, minimum, maximum=None):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer, got {value!r}.")
+        raise DataError(f"{name} must be an integer, got {value!r}.")
     if value < minimum or (maximum is not None and value > maximum):
         bounds = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
-        raise ValueError(f"{name} must be {bounds}, got {value}.")
+        raise DataError(f"{name} must be {bounds}, got {value}.")
 
 
-def write_synthetic_coco(out_dir, num_train=1000, num_val=200, seed=0, min_size=192, max_size=320,
-                         max_objects=8):  # fmt: skip
+def write_synthetic_coco(
+    out_dir, num_train=1000, num_val=200, seed=0, min_size=192, max_size=320, max_objects=8
+):
     """Writes out_dir/{train,val}/NNNNNN.jpg and out_dir/annotations/instances_{train,val}.json.
 
     Image heights and widths are drawn independently from [min_size, max_size]; each image
@@ -192,7 +225,7 @@ def write_synthetic_coco(out_dir, num_train=1000, num_val=200, seed=0, min_size=
     _check_int("min_size", min_size, 2 * MIN_OBJECT_SIZE)
     _check_int("max_size", max_size, 2 * MIN_OBJECT_SIZE)
     if max_size < min_size:
-        raise ValueError(f"max_size ({max_size}) must be >= min_size ({min_size}).")
+        raise DataError(f"max_size ({max_size}) must be >= min_size ({min_size}).")
     _check_int("max_objects", max_objects, 1, 255)
     out_dir = os.fspath(out_dir)
     os.makedirs(os.path.join(out_dir, "annotations"), exist_ok=True)

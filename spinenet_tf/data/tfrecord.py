@@ -15,6 +15,7 @@ import tensorflow as tf
 from PIL import Image
 
 from spinenet_tf.data.coco import read_coco
+from spinenet_tf.errors import DataError
 
 # Formats tf.io.decode_image reads; other files are re-encoded as PNG by the converter.
 DECODABLE_FORMATS = {"JPEG": b"jpeg", "PNG": b"png", "BMP": b"bmp", "GIF": b"gif"}
@@ -60,7 +61,7 @@ def encode_example(record, encoded_image, image_format, masks=None):
         "image/object/class/label": _ints(record.classes),
         "image/object/is_crowd": _ints(record.is_crowd.astype(np.int64)),
         "image/object/area": _floats(box_area(record.boxes)),
-    }  # fmt: skip
+    }
     if masks is not None:
         features["image/object/mask"] = _bytes([_png(mask * 255) for mask in masks])
     return tf.train.Example(features=tf.train.Features(feature=features))
@@ -89,8 +90,9 @@ def parse_example(serialized, with_masks=False):
     classes = tf.cast(dense["image/object/class/label"], tf.int32)
     is_crowd = dense["image/object/is_crowd"]
     # Files written without is_crowd give an empty list: no object is a crowd.
-    is_crowd = tf.cond(tf.size(is_crowd) == tf.size(classes), lambda: is_crowd > 0,
-                       lambda: tf.zeros_like(classes, tf.bool))  # fmt: skip
+    is_crowd = tf.cond(
+        tf.size(is_crowd) == tf.size(classes), lambda: is_crowd > 0, lambda: tf.zeros_like(classes, tf.bool)
+    )
     example = {
         "encoded": parsed["image/encoded"],
         "image_id": tf.strings.to_number(parsed["image/source_id"], tf.int64),
@@ -127,7 +129,7 @@ def coco_to_tfrecord(images_dir, annotations_file, out_prefix, num_shards=1, inc
     interrupted conversion never leaves a truncated shard with the final name.
     """
     if num_shards < 1:
-        raise ValueError(f"num_shards must be >= 1, got {num_shards}.")
+        raise DataError(f"num_shards must be >= 1, got {num_shards}.")
     dataset = read_coco(images_dir, annotations_file)
     paths = shard_paths(out_prefix, num_shards)
     os.makedirs(os.path.dirname(os.path.abspath(out_prefix)), exist_ok=True)

@@ -9,25 +9,27 @@ from spinenet_tf.detection.head import retinanet_head
 from spinenet_tf.detection.losses import huber_loss, sigmoid_focal_loss
 from spinenet_tf.detection.postprocess import DetectionSpec, detect
 from spinenet_tf.detection.target_assignment import assign_targets
+from spinenet_tf.errors import ModelError
 from spinenet_tf.layers.conv_norm import ConvNormSettings
+from spinenet_tf.task import Task
 
 DECODERS = ("auto", "identity", "fpn")
 
 
 def _check_labels(y):
     """Labels are {"boxes": [B, M, 4] pixels ymin, xmin, ymax, xmax, "classes": [B, M] int, -1 = padding}."""
-    if not isinstance(y, dict) or set(y) < {"boxes", "classes"}:
-        raise ValueError(
+    if not isinstance(y, dict) or not {"boxes", "classes"} <= set(y):
+        raise ModelError(
             "RetinaNet labels must be a dict with 'boxes' [batch, max_boxes, 4] and 'classes' "
             f"[batch, max_boxes]; got {type(y).__name__}{sorted(y) if isinstance(y, dict) else ''}."
         )
     boxes, classes = y["boxes"], y["classes"]
     if len(boxes.shape) != 3 or boxes.shape[-1] != 4:
-        raise ValueError(f"labels['boxes'] must have shape [batch, max_boxes, 4], got {tuple(boxes.shape)}.")
+        raise ModelError(f"labels['boxes'] must have shape [batch, max_boxes, 4], got {tuple(boxes.shape)}.")
     if len(classes.shape) != 2 or (
         None not in (classes.shape[1], boxes.shape[1]) and classes.shape[1] != boxes.shape[1]
     ):
-        raise ValueError(
+        raise ModelError(
             f"labels['classes'] must have shape [batch, max_boxes] = [batch, {boxes.shape[1]}], "
             f"got {tuple(classes.shape)}."
         )
@@ -35,16 +37,17 @@ def _check_labels(y):
 
 
 @keras.saving.register_keras_serializable(package="spinenet_tf")
-class RetinaNet(keras.Model):
+class RetinaNet(Task):
     """One-stage detector: backbone -> (identity | FPN) -> shared class/box subnets.
 
-    Calling the model gives raw outputs {"class_logits": [B, N, num_classes],
-    "box_deltas": [B, N, 4]} over all anchors; `predict` gives final detections
-    {"boxes", "scores", "classes", "num_detections"} (boxes in input pixels,
-    [ymin, xmin, ymax, xmax]). `fit` takes labels {"boxes": [B, M, 4] in input pixels,
-    "classes": [B, M]} padded with class -1; anchors are labelled in-graph (see
-    `target_assignment`). Class 0 is background (Model Garden's COCO convention: 91
-    outputs for 90 ids) and is never reported.
+    `predict` takes photos (uint8 or float 0..255, any size; see `Task`) and gives final
+    detections {"boxes", "scores", "classes", "num_detections"}, boxes [ymin, xmin, ymax,
+    xmax] in each photo's pixels. Calling the model on normalised, model-sized input (the
+    training pipeline's) gives raw outputs {"class_logits": [B, N, num_classes],
+    "box_deltas": [B, N, 4]} over all anchors. `fit` takes that input and labels
+    {"boxes": [B, M, 4] in input pixels, "classes": [B, M]} padded with class -1; anchors
+    are labelled in-graph (see `target_assignment`). Class 0 is background (Model Garden's
+    COCO convention: 91 outputs for 90 ids) and is never reported.
 
     The loss is focal loss + box_loss_weight * Huber, both normalised by the number of
     positive anchors in the batch (+1), plus weight_decay / 2 * sum of squared conv and
@@ -80,26 +83,35 @@ class RetinaNet(keras.Model):
         norm_momentum=0.99,
         norm_epsilon=1e-3,
         sync_batch_norm=False,
+        image_converter=None,
         dtype=None,
         **kwargs,
     ):
         if isinstance(backbone, dict):
             backbone = keras.saving.deserialize_keras_object(backbone)
         if decoder not in DECODERS:
-            raise ValueError(f"Unknown decoder {decoder!r}; use one of {DECODERS}.")
+            raise ModelError(f"Unknown decoder {decoder!r}; use one of {DECODERS}.")
         if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2 (class 0 is background), got {num_classes}.")
+            raise ModelError(f"num_classes must be >= 2 (class 0 is background), got {num_classes}.")
+        if weight_decay and getattr(backbone, "kernel_regularizer", None) is not None:
+            raise ModelError(
+                f"weight_decay={weight_decay} already puts L2 on every kernel, the backbone's included; the "
+                "backbone's kernel_regularizer would add it a second time. Set one of them to 0 / None."
+            )
         if not 0.0 < negative_threshold <= positive_threshold <= 1.0:
-            raise ValueError(
+            raise ModelError(
                 f"Need 0 < negative_threshold <= positive_threshold <= 1, got {negative_threshold}, "
                 f"{positive_threshold}."
             )
         anchor_spec = AnchorSpec(min_level, max_level, num_scales, tuple(aspect_ratios), anchor_size)
         detection_spec = DetectionSpec(score_threshold, nms_iou_threshold, pre_nms_top_k, max_detections, nms)
         settings = ConvNormSettings(
-            activation=activation, norm_momentum=norm_momentum, norm_epsilon=norm_epsilon,
-            sync_batch_norm=sync_batch_norm, dtype=dtype,
-        )  # fmt: skip
+            activation=activation,
+            norm_momentum=norm_momentum,
+            norm_epsilon=norm_epsilon,
+            sync_batch_norm=sync_batch_norm,
+            dtype=dtype,
+        )
 
         # === Functional graph ===
         image = keras.Input(shape=backbone.input.shape[1:], name="image")
@@ -110,7 +122,7 @@ class RetinaNet(keras.Model):
         if decoder == "identity":
             missing = sorted(set(wanted) - set(features))
             if missing:
-                raise ValueError(f"Identity decoder: the backbone has no {missing}; use decoder='fpn'.")
+                raise ModelError(f"Identity decoder: the backbone has no {missing}; use decoder='fpn'.")
             features = {name: features[name] for name in wanted}
         else:
             features = fpn_decoder(features, min_level, max_level, fpn_num_filters, settings)
@@ -125,7 +137,7 @@ class RetinaNet(keras.Model):
         )
 
         # === Config ===
-        self.backbone = backbone
+        self._init_task(backbone, image_converter)
         self.num_classes = num_classes
         self.decoder = decoder
         self.min_level, self.max_level = min_level, max_level
@@ -148,9 +160,9 @@ class RetinaNet(keras.Model):
     def anchors(self, image_size):
         """Anchors [N, 4] for an (H, W) input, in the order of the raw outputs."""
         if any(size is None for size in image_size):
-            raise ValueError(
+            raise ModelError(
                 f"RetinaNet places anchors from the static image size, got {tuple(image_size)}; "
-                "feed batches whose height and width are known."
+                "feed batches whose height and width are known when the graph is traced."
             )
         key = tuple(int(size) for size in image_size)
         if key not in self._anchor_cache:
@@ -160,19 +172,12 @@ class RetinaNet(keras.Model):
     def decode_predictions(self, raw_outputs, image_size):
         """Raw outputs -> final detections (see `postprocess.detect`)."""
         return detect(
-            raw_outputs["class_logits"], raw_outputs["box_deltas"], self.anchors(image_size), image_size,
+            raw_outputs["class_logits"],
+            raw_outputs["box_deltas"],
+            self.anchors(image_size),
+            image_size,
             self.detection_spec,
-        )  # fmt: skip
-
-    def predict_step(self, *args):
-        # TF and torch call predict_step(data); JAX calls predict_step(state, data)
-        # and expects (outputs, non_trainable_variables) back.
-        outputs = super().predict_step(*args)
-        x, _, _ = keras.utils.unpack_x_y_sample_weight(args[-1])
-        image_size = tuple(x.shape[1:3])
-        if isinstance(outputs, tuple):
-            return self.decode_predictions(outputs[0], image_size), outputs[1]
-        return self.decode_predictions(outputs, image_size)
+        )
 
     # === Training ===
     def compile(self, optimizer="auto", cross_replica_sum=None, **kwargs):
@@ -182,22 +187,23 @@ class RetinaNet(keras.Model):
         runs its own step (tf.distribute), the sum of `value` over the replicas. It makes
         the loss normalisation use the positives of the global batch, so the loss and
         gradients equal those of one process on the same batch. The trainer passes it.
-
-        The optimizer's slots are created here rather than in the first traced step: on
-        TensorFlow a variable created while tracing makes tf.function trace the whole
-        training step a second time, which doubles the start-up cost of `fit`.
         """
         if "loss" in kwargs:
-            raise ValueError("RetinaNet computes its own loss; do not pass `loss` to compile().")
+            raise ModelError("RetinaNet computes its own loss; do not pass `loss` to compile().")
         if optimizer == "auto":
             optimizer = keras.optimizers.SGD(learning_rate=0.01, momentum=0.9, global_clipnorm=10.0)
+        decoupled = getattr(keras.optimizers.get(optimizer), "weight_decay", None)
+        if self.weight_decay and decoupled:
+            raise ModelError(
+                f"The optimizer's weight_decay={decoupled} would decay the kernels a second time: the "
+                f"model's loss already has weight_decay={self.weight_decay}. Set one of them to 0."
+            )
         super().compile(optimizer=optimizer, **kwargs)
         self.cross_replica_sum = cross_replica_sum
-        self.optimizer.build(self.trainable_variables)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         if sample_weight is not None:
-            raise ValueError("RetinaNet does not take sample weights; drop boxes by giving them class -1.")
+            raise ModelError("RetinaNet does not take sample weights; drop boxes by giving them class -1.")
         boxes, classes = _check_labels(y)
         anchors = self.anchors(tuple(x.shape[1:3]))
         class_targets, box_targets, class_weights, box_weights = assign_targets(
@@ -228,13 +234,9 @@ class RetinaNet(keras.Model):
         return class_loss + self.box_loss_weight * box_loss + regularisation / replicas
 
     # === Serialization ===
-    def get_config(self):
+    def task_config(self):
         spec, detection = self.anchor_spec, self.detection_spec
         return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
-            "backbone": keras.saving.serialize_keras_object(self.backbone),
             "num_classes": self.num_classes,
             "decoder": self.decoder,
             "min_level": self.min_level,
@@ -262,9 +264,3 @@ class RetinaNet(keras.Model):
             "norm_epsilon": self.norm_epsilon,
             "sync_batch_norm": self.sync_batch_norm,
         }
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config["dtype"] = keras.dtype_policies.deserialize(config["dtype"]) if config.get("dtype") else None
-        return cls(**config)

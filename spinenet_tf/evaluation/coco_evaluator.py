@@ -1,14 +1,14 @@
 """COCO box AP / AR of detector outputs, scored by pycocotools on original-image pixels.
 
-`CocoEvaluator` takes `model.predict` batches (boxes in the model input's pixels), maps
-each box back to its original image and hands the lot to pycocotools' COCOeval, so the
+`CocoEvaluator` takes `RetinaNet.predict` batches (boxes in each original image's
+pixels), clips them to their image and hands the lot to pycocotools' COCOeval, so the
 numbers are the ones published COCO results are compared against.
 """
 
+import collections
 import contextlib
 import copy
 import io
-import json
 import os
 from collections.abc import Mapping
 
@@ -16,12 +16,14 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-COCO_METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+from spinenet_tf.data.coco import check_annotations, load_annotations
 
-_REQUIRED_FIELDS = {
-    "images": ("id", "height", "width"),
+COCO_METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+# What scoring reads beyond the lists and ids: image sizes (boxes are clipped to them) and
+# the annotation fields of COCOeval's matching and area ranges.
+COCOEVAL_FIELDS = {
+    "images": ("height", "width"),
     "annotations": ("id", "image_id", "category_id", "bbox", "area"),
-    "categories": ("id",),
 }
 
 
@@ -44,7 +46,8 @@ class CocoEvaluator:
 
     Args:
         ground_truth: path to a COCO instances JSON, a dict in that format (copied), or a
-            pycocotools `COCO` (used as is). Every image needs `height` and `width`.
+            pycocotools `COCO` (used as is), checked by `spinenet_tf.data.coco` with
+            COCOEVAL_FIELDS: a broken one is a DataError naming the list and the entry.
         label_to_category: optional mapping model class index -> COCO category id.
         iou_type: "bbox"; the detections carry no masks, so nothing else is supported.
     """
@@ -62,13 +65,14 @@ class CocoEvaluator:
             image["id"]: (image["height"], image["width"]) for image in self._coco.dataset["images"]
         }
         self._label_table = _label_table(label_to_category, set(self._coco.getCatIds()))
+        self._class_names = _class_names(self._coco.dataset["categories"])
         self.reset()
 
     def reset(self):
         """Forget every image and detection seen so far."""
         self._seen = set()
         self._image_ids, self._categories, self._boxes, self._scores = [], [], [], []
-        self._metrics, self._summary = None, None
+        self._evaluation = None
 
     @property
     def num_images(self):
@@ -80,15 +84,15 @@ class CocoEvaluator:
         """Detections kept (after dropping padding, empty boxes and background) since the last reset."""
         return sum(len(scores) for scores in self._scores)
 
-    def update(self, image_ids, detections, scales=None):
+    def update(self, image_ids, detections):
         """Adds one predicted batch.
 
         Args:
             image_ids: [B] COCO image ids, each seen at most once per pass.
-            detections: dict of `boxes` [B, K, 4] ([ymin, xmin, ymax, xmax], model pixels),
+            detections: `RetinaNet.predict` output: `boxes` [B, K, 4] ([ymin, xmin, ymax,
+                xmax] in each original image's pixels; clipped to the image here),
                 `scores` [B, K], `classes` [B, K] and optionally `num_detections` [B] (rows
                 past it are padding; all K rows count when absent).
-            scales: model pixels per original pixel: None (1), [B], or [B, 2] as (y, x).
         """
         image_ids = np.asarray(image_ids)
         if image_ids.ndim != 1:
@@ -96,12 +100,11 @@ class CocoEvaluator:
         image_ids = image_ids.astype(np.int64)
         batch = len(image_ids)
         boxes, scores, classes, num_detections = _check_detections(detections, batch)
-        scales = _check_scales(scales, batch)
         self._check_new_images(image_ids)
 
         sizes = np.array([self._image_sizes[image_id] for image_id in image_ids.tolist()], np.float64)
         limits = np.tile(sizes.reshape(batch, 2), 2)[:, None, :]  # [B, 1, 4] (h, w, h, w)
-        boxes = np.clip(boxes / np.tile(scales, 2)[:, None, :], 0.0, limits)
+        boxes = np.clip(boxes, 0.0, limits)
         heights = boxes[..., 2] - boxes[..., 0]
         widths = boxes[..., 3] - boxes[..., 1]
         rows = np.arange(boxes.shape[1])[None, :] < num_detections[:, None]
@@ -115,20 +118,37 @@ class CocoEvaluator:
         self._categories.append(categories[known])
         self._boxes.append(xywh[known])
         self._scores.append(scores[keep][known])
-        self._metrics, self._summary = None, None
+        self._evaluation = None
 
     def result(self):
         """{name: float} for COCO_METRIC_NAMES, scored on the images seen since the last reset."""
-        if not self._seen:
-            raise ValueError("CocoEvaluator.result() called before any update(): no images to score")
-        if self._metrics is None:
-            self._metrics, self._summary = self._evaluate()
-        return dict(self._metrics)
+        metrics, _, _ = self._evaluated()
+        return dict(metrics)
 
     def summary(self):
         """pycocotools' printed metric table for the current results."""
-        self.result()
-        return self._summary
+        _, summary, _ = self._evaluated()
+        return summary
+
+    def per_class_ap(self):
+        """{category name: AP} at IoU .50:.95, all areas, 100 detections per image, in id order.
+
+        A category is named by its "name" (its id as text where it has none; " (id N)"
+        added where two share a name). A category with no ground truth among the seen
+        images gets -1.0, pycocotools' own "nothing to score" (as `result()` has for an
+        empty area range; JSON has no NaN): its false positives count nowhere, so no AP
+        could be computed. Over the categories with ground truth the mean is `result()["AP"]`.
+        """
+        _, _, per_class = self._evaluated()
+        return dict(per_class)
+
+    def _evaluated(self):
+        """(metrics, summary table, per-class AP) of the images seen, computed once per change."""
+        if not self._seen:
+            raise ValueError("CocoEvaluator: nothing to score before any update()")
+        if self._evaluation is None:
+            self._evaluation = self._evaluate()
+        return self._evaluation
 
     def _check_new_images(self, image_ids):
         for image_id in image_ids.tolist():
@@ -175,24 +195,37 @@ class CocoEvaluator:
         with contextlib.redirect_stdout(table):
             evaluation.summarize()
         metrics = {name: float(value) for name, value in zip(COCO_METRIC_NAMES, evaluation.stats)}
-        return metrics, table.getvalue()
+        return metrics, table.getvalue(), self._per_class_ap(evaluation)
+
+    def _per_class_ap(self, evaluation):
+        """Per-category means of COCOeval's accumulated precision, as `summarize` computes AP."""
+        params = evaluation.params
+        # [IoU thresholds, recall points, categories, area ranges, max detections]; -1: no ground truth.
+        precision = evaluation.eval["precision"][
+            :, :, :, params.areaRngLbl.index("all"), params.maxDets.index(100)
+        ]
+        per_class = {}
+        for k, category in enumerate(params.catIds):
+            values = precision[:, :, k]
+            values = values[values > -1]
+            per_class[self._class_names[category]] = float(values.mean()) if values.size else -1.0
+        return per_class
 
 
 def _load_ground_truth(ground_truth):
     """A pycocotools COCO from a path, a dict (deep-copied: COCOeval writes into it) or a COCO."""
     if isinstance(ground_truth, COCO):
-        _check_dataset(ground_truth.dataset, "ground-truth COCO object")
+        check_annotations(ground_truth.dataset, "ground-truth COCO object", COCOEVAL_FIELDS)
         return ground_truth
     if isinstance(ground_truth, Mapping):
-        dataset, source = copy.deepcopy(dict(ground_truth)), "ground-truth dict"
+        dataset = copy.deepcopy(dict(ground_truth))
+        check_annotations(dataset, "ground-truth dict", COCOEVAL_FIELDS)
     elif isinstance(ground_truth, (str, os.PathLike)):
-        source = os.fspath(ground_truth)
-        dataset = _read_json(source)
+        dataset = load_annotations(ground_truth, COCOEVAL_FIELDS)
     else:
         raise TypeError(
             f"ground_truth must be a path, a COCO-format dict or a pycocotools COCO, not {type(ground_truth)}"
         )
-    _check_dataset(dataset, source)
     coco = COCO()
     coco.dataset = dataset
     with contextlib.redirect_stdout(io.StringIO()):
@@ -200,31 +233,13 @@ def _load_ground_truth(ground_truth):
     return coco
 
 
-def _read_json(path):
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"COCO ground-truth file {path} does not exist")
-    try:
-        with open(path, encoding="utf-8") as file:
-            return json.load(file)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"COCO ground-truth file {path} is not valid JSON: {error}") from error
-
-
-def _check_dataset(dataset, source):
-    """Structure COCOeval relies on; errors name the source, the list and the entry."""
-    if not isinstance(dataset, dict):
-        raise ValueError(
-            f"{source}: expected a COCO instances object at the top level, got {type(dataset).__name__}"
-        )
-    for key, fields in _REQUIRED_FIELDS.items():
-        if key not in dataset:
-            raise ValueError(
-                f"{source}: missing '{key}' (a COCO instances file needs {sorted(_REQUIRED_FIELDS)})"
-            )
-        for index, entry in enumerate(dataset[key]):
-            missing = [field for field in fields if field not in entry]
-            if missing:
-                raise ValueError(f"{source}: {key}[{index}] (id {entry.get('id')}) has no {missing}")
+def _class_names(categories):
+    """{category id: its key in `per_class_ap`}: the name, else the id; the id added to a shared name."""
+    names = {category["id"]: str(category.get("name", category["id"])) for category in categories}
+    counts = collections.Counter(names.values())
+    return {
+        category: name if counts[name] == 1 else f"{name} (id {category})" for category, name in names.items()
+    }
 
 
 def _label_table(label_to_category, category_ids):
@@ -282,20 +297,6 @@ def _check_detections(detections, batch):
                 f"detections['num_detections'] {num_detections.tolist()} is outside [0, K={expected[1]}]"
             )
     return boxes, scores, classes.astype(np.int64), num_detections
-
-
-def _check_scales(scales, batch):
-    """[B, 2] (y, x) model pixels per original pixel."""
-    if scales is None:
-        return np.ones((batch, 2))
-    scales = np.asarray(scales, np.float64)
-    if scales.shape == (batch,):
-        scales = np.stack([scales, scales], axis=-1)
-    elif scales.shape != (batch, 2):
-        raise ValueError(f"scales has shape {scales.shape}; expected ({batch},) or ({batch}, 2) as (y, x)")
-    if not np.all(np.isfinite(scales) & (scales > 0)):
-        raise ValueError(f"scales must be positive and finite, got {scales.tolist()}")
-    return scales
 
 
 def _empty_results(ground_truth):

@@ -9,10 +9,12 @@ import os
 
 import numpy as np
 import tensorflow as tf
+from keras import ops
 
 from spinenet_tf.export.saved_model import LABELS_FILE, latest_version_dir
 from spinenet_tf.export.serving import letterbox_uint8
 from spinenet_tf.export.tflite import TFLiteDetector
+from spinenet_tf.layers.image_converter import boxes_to_original
 
 TFLITE_LABELS_FILE = "labels.json"  # beside the .tflite files
 
@@ -58,8 +60,8 @@ class TFLitePredictor:
         image = np.asarray(image, np.uint8)
         letterboxed, scale = letterbox_uint8(image, self.detector.image_size)
         detections = _trim(self.detector(letterboxed))
-        limits = np.array(image.shape[:2] * 2, np.float32)
-        detections["boxes"] = np.minimum(detections["boxes"] / np.tile(scale, 2), limits)
+        boxes = boxes_to_original(detections["boxes"][None], scale, image.shape[:2])[0]
+        detections["boxes"] = ops.convert_to_numpy(boxes)
         return detections
 
 
@@ -67,6 +69,8 @@ def load_predictor(path, num_threads=None):
     """A predictor for a .tflite file or a SavedModel directory."""
     path = str(path)
     if path.endswith(".tflite"):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: no such .tflite file.")
         return TFLitePredictor(path, num_threads)
     if os.path.isdir(path):
         return SavedModelPredictor(path)

@@ -13,7 +13,6 @@ import tensorflow as tf
 
 from spinenet_tf.export.serving import DetectorServing
 
-SIGNATURES = ("serving_default", "serve_image_bytes", "serve_tf_example")
 LABELS_FILE = os.path.join("assets.extra", "labels.json")
 
 

@@ -1,15 +1,17 @@
 """Serving graphs: images, encoded image bytes or tf.Examples in; final detections out.
 
-Every input is prepared like the eval pipeline (longest side resized to the model size,
-zero padding bottom/right, ImageNet normalisation) inside the graph, and detections are
-mapped back to the pixels of each input image. Bad requests fail with an error naming
-the input, the batch index and the problem.
+Every input goes through the detector's own `ImageConverter` (letterboxed to the model
+size, normalised) inside the graph, as `predict` does, and detections are mapped back to
+the pixels of each input image. Bad requests fail with an error naming the input, the
+batch index and the problem.
 """
 
 import numpy as np
 import tensorflow as tf
+from keras import ops
 
-from spinenet_tf.data import augment
+from spinenet_tf.errors import ModelError
+from spinenet_tf.layers.image_converter import boxes_to_original, letterbox, normalise_image
 
 # Post-processing ops live under this name scope, so that int8 quantisation can leave them in float.
 POSTPROCESS_SCOPE = "postprocess"
@@ -21,37 +23,31 @@ def model_image_size(model):
     """The static square input size of a detector built for serving."""
     height, width = model.input.shape[1:3]
     if height is None or height != width:
-        raise ValueError(f"Export needs a detector built for a static square input, got {height}x{width}.")
+        raise ModelError(f"Export needs a detector built for a static square input, got {height}x{width}.")
     return int(height)
-
-
-def letterbox(image, image_size):
-    """uint8 [H, W, 3] -> (float32 [S, S, 3] 0..255, scale (y, x), original size (H, W)) as in evaluation."""
-    resized, scale = augment.resize_and_pad(image, image_size)
-    return resized, scale, tf.shape(image)[:2]
 
 
 def letterbox_uint8(image, image_size):
     """Host-side letterboxing for the .tflite input: (uint8 numpy [S, S, 3], scale (y, x) numpy)."""
-    letterboxed, scale, _ = letterbox(tf.constant(image), image_size)
-    return np.clip(np.round(letterboxed.numpy()), 0, 255).astype(np.uint8), scale.numpy()
+    letterboxed, scale = letterbox(np.asarray(image)[None], (image_size, image_size))
+    return np.clip(np.round(ops.convert_to_numpy(letterboxed)[0]), 0, 255).astype(
+        np.uint8
+    ), ops.convert_to_numpy(scale)
 
 
 def detect_letterboxed(model, images):
-    """Letterboxed float images [B, S, S, 3] (0..255) -> (raw outputs, detections in model pixels)."""
-    raw = model(augment.normalise_image(images), training=False)
+    """Letterboxed images [B, S, S, 3] (0..255) -> (raw outputs, detections in model pixels)."""
+    raw = model(normalise_image(images), training=False)
     with tf.name_scope(POSTPROCESS_SCOPE):
         detections = model.decode_predictions(raw, tuple(images.shape[1:3]))
     return raw, detections
 
 
 def to_serving_outputs(detections, scales=None, original_sizes=None):
-    """Detections -> the serving output names; boxes divided by `scales` and clipped to the originals."""
+    """Detections -> the serving output names; boxes mapped to the originals when `scales` are given."""
     boxes = detections["boxes"]
     if scales is not None:
-        with tf.name_scope(POSTPROCESS_SCOPE):
-            boxes = boxes / tf.tile(scales, [1, 2])[:, None, :]
-            boxes = tf.minimum(boxes, tf.cast(tf.tile(original_sizes, [1, 2]), tf.float32)[:, None, :])
+        boxes = boxes_to_original(boxes, scales, original_sizes)
     return {
         "detection_boxes": boxes,
         "detection_scores": detections["scores"],
@@ -97,7 +93,8 @@ class DetectorServing:
 
         def one(pair):
             image = prepare(*pair)
-            return letterbox(image, self.image_size)
+            letterboxed, scale = letterbox(image[None], (self.image_size, self.image_size))
+            return letterboxed[0], scale, tf.shape(image)[:2]
 
         signature = (
             tf.TensorSpec([self.image_size, self.image_size, 3], tf.float32),
@@ -114,8 +111,10 @@ class DetectorServing:
         The signature declares no shape, so that a wrong one is caught by this check,
         whose error names the tensor, its shape and the expected one.
         """
-        images = tf.ensure_shape(images, [None, None, None, 3])
-        return self._detect_each(lambda image, index: image, _with_size_check(images, "images"))
+        images = _with_size_check(tf.ensure_shape(images, [None, None, None, 3]), "images")
+        inputs, scale = self.model.image_converter(images)
+        detections = self.model.decode_predictions(self.model(inputs, training=False), (self.image_size,) * 2)
+        return to_serving_outputs(detections, scale, tf.shape(images)[1:3])
 
     def serve_image_bytes(self, image_bytes):
         """Encoded JPEG/PNG/GIF/BMP strings [B], each of its own size."""

@@ -1,9 +1,9 @@
 """TFLite (LiteRT) export with post-processing inside, and its runner.
 
 The .tflite takes one letterboxed uint8 image `images` [1, S, S, 3] (S the model size;
-`serving.letterbox` prepares it: longest side resized to S, zero padding bottom/right)
-and gives detections in those S x S pixels plus the raw outputs, under the signature
-`serving_default`. Quantisation modes:
+`serving.letterbox_uint8` prepares it with the converter's letterbox: longest side resized
+to S, zero padding bottom/right) and gives detections in those S x S pixels plus the raw
+outputs, under the signature `serving_default`. Quantisation modes:
 
 - `none`: float32.
 - `fp16`: float16 weights, float32 compute on CPU.
@@ -25,6 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from spinenet_tf.errors import DataError, ModelError
 from spinenet_tf.export.serving import (
     POSTPROCESS_SCOPE,
     detect_letterboxed,
@@ -74,9 +75,9 @@ def export_tflite(model, path, quantize="none", representative_images=None):
     `representative_images`: an iterable of letterboxed uint8 [S, S, 3] arrays, needed for int8.
     """
     if quantize not in QUANTIZATIONS:
-        raise ValueError(f"quantize must be one of {QUANTIZATIONS}, got {quantize!r}.")
+        raise ModelError(f"quantize must be one of {QUANTIZATIONS}, got {quantize!r}.")
     if quantize == "int8" and representative_images is None:
-        raise ValueError("int8 quantisation needs representative images (the training data's).")
+        raise ModelError("int8 quantisation needs representative images (the training data's).")
     with tempfile.TemporaryDirectory() as directory:
         _write_float_saved_model(model, directory)
 
@@ -113,15 +114,23 @@ def _quantize_int8(float_tflite, representative_images):
 
     images = [np.asarray(image, np.uint8)[None] for image in representative_images]
     if not images:
-        raise ValueError("int8 quantisation needs at least one representative image.")
+        raise DataError("int8 quantisation needs at least one representative image (none could be read).")
     int8 = {
-        "activation_tensor_config": {"num_bits": 8, "symmetric": False, "granularity": "TENSORWISE",
-                                     "dtype": "INT"},
-        "weight_tensor_config": {"num_bits": 8, "symmetric": True, "granularity": "CHANNELWISE",
-                                 "dtype": "INT"},
+        "activation_tensor_config": {
+            "num_bits": 8,
+            "symmetric": False,
+            "granularity": "TENSORWISE",
+            "dtype": "INT",
+        },
+        "weight_tensor_config": {
+            "num_bits": 8,
+            "symmetric": True,
+            "granularity": "CHANNELWISE",
+            "dtype": "INT",
+        },
         "compute_precision": "INTEGER",
         "explicit_dequantize": False,
-    }  # fmt: skip
+    }
     recipe = [  # the last rule matching an op wins
         {"regex": ".*", "operation": "*", "algorithm_key": "min_max_uniform_quantize", "op_config": int8},
         {"regex": _float_scopes_regex(float_tflite), "operation": "*", "algorithm_key": "no_quantize"},

@@ -70,10 +70,16 @@ class CheckpointDirectory:
         return path
 
     def restore(self, model, path=None):
-        """Loads the latest (or the given) checkpoint into a compiled model; returns its path or None."""
+        """Loads the latest (or the given) checkpoint into a compiled model; returns its path or None.
+
+        Call it inside the distribution scope the model was built in (the optimizer's slots
+        are created here).
+        """
         path = path or self.latest
         if path is None:
             return None
+        if not model.optimizer.built:  # its slots are made on the first step; they must exist to be loaded
+            model.optimizer.build(model.trainable_variables)
         model.load_weights(os.path.join(path, "model.weights.h5"))
         with np.load(os.path.join(path, "optimizer.npz")) as store:
             model.optimizer.load_own_variables(dict(store))

@@ -2,21 +2,25 @@
 
 `--set a.b=value` overrides are applied to the YAML tree before validation, so they get
 the same checks. The model section's `backbone` and `detector` keys are constructor
-arguments (see `builders.py`) and are checked against those signatures.
+arguments, checked by `builders.py` (the module that builds them) before anything is built.
+Experiments ship inside the package (`spinenet_tf/experiments/`), so `--config synthetic`
+works wherever the package is installed.
 """
 
 import dataclasses
-import inspect
+import os
 import types
 import typing
 
 import yaml
 
-from spinenet_tf.backbones.resnet import ResNet50Backbone
-from spinenet_tf.backbones.spinenet import SpineNet
-from spinenet_tf.builders import BACKBONES
+from spinenet_tf import builders
+from spinenet_tf.data.synthetic import write_synthetic_coco
 from spinenet_tf.detection.retinanet import RetinaNet
+from spinenet_tf.errors import ConfigError
 
+EXPERIMENTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
+DEFAULT_EXPERIMENT = "retinanet/synthetic"
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 OPTIMIZERS = ("sgd", "adamw")
@@ -50,7 +54,9 @@ class DataConfig:
     copy_paste_probability: float = 0.0
     shuffle_buffer: int = 1000
     cache: bool = False
-    synthetic: dict | None = None  # write_synthetic_coco arguments: generate the dataset if absent
+    # write_synthetic_coco arguments: the dataset is written if absent. Without out_dir it goes
+    # to a cache directory, and train/val default to its splits.
+    synthetic: dict | None = None
 
 
 @dataclasses.dataclass
@@ -61,9 +67,11 @@ class OptimizerConfig:
     momentum: float = 0.9
     weight_decay: float = 0.0  # AdamW's decoupled decay; SGD's L2 is model.detector.weight_decay
     global_clipnorm: float | None = 10.0
-    warmup_steps: int = 500
+    # Steps: an integer is a step count, a float in (0, 1) a fraction of train.total_steps
+    # (so a shorter or longer run keeps the curve's shape).
+    warmup_steps: int | float = 500
     warmup_start_factor: float = 0.067
-    decay_steps: tuple[int, ...] = ()
+    decay_steps: tuple[int | float, ...] = ()
     decay_factor: float = 0.1
 
 
@@ -98,10 +106,6 @@ class ExperimentConfig:
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
-
-
-class ConfigError(ValueError):
-    """A config problem; the message starts with the dotted key."""
 
 
 def _type_name(annotation):
@@ -161,38 +165,109 @@ def _choice(key, value, allowed):
         raise ConfigError(f"{key}: {value!r} is not one of the allowed values {list(allowed)}.")
 
 
-def _accepted_arguments(cls):
-    return [name for name in inspect.signature(cls.__init__).parameters if name not in ("self", "kwargs")]
+# Constructor arguments the app sets itself, and the config key that sets them.
+MANAGED_BACKBONE_ARGUMENTS = {"image_shape": "data.image_size", "sync_batch_norm": "runtime.sync_batch_norm"}
+MANAGED_DETECTOR_ARGUMENTS = {
+    "backbone": "model.backbone",
+    "num_classes": "model.num_classes",
+    "sync_batch_norm": "runtime.sync_batch_norm",
+}
 
 
-def _check_arguments(key, values, cls, managed=()):
-    allowed = [name for name in _accepted_arguments(cls) if name not in managed]
-    unknown = sorted(set(values) - set(allowed))
-    if unknown:
-        raise ConfigError(f"{key}.{unknown[0]}: unknown key; allowed keys here are {sorted(allowed)}.")
+def _check_constructor_keys(key, values, function, managed):
+    for name in values:
+        if name in managed:
+            raise ConfigError(f"{key}.{name}: set by {managed[name]}; remove it here.")
+    builders.check_arguments(function, values, key, managed, error=ConfigError)
+
+
+def _check_model(model, image_size):
+    backbone = {name: value for name, value in model.backbone.items() if name != "type"}
+    cls = builders.backbone_class(model.backbone, "model.backbone", error=ConfigError)
+    _check_constructor_keys("model.backbone", backbone, cls, MANAGED_BACKBONE_ARGUMENTS)
+    _check_constructor_keys("model.detector", model.detector, RetinaNet, MANAGED_DETECTOR_ARGUMENTS)
+    if model.num_classes < 2:
+        raise ConfigError(
+            f"model.num_classes: must be >= 2 (class 0 is background), got {model.num_classes}."
+        )
+    detector_defaults = builders.constructor_arguments(RetinaNet)
+    min_level = model.detector.get("min_level", detector_defaults["min_level"])
+    max_level = model.detector.get("max_level", detector_defaults["max_level"])
+    if min_level > max_level:
+        raise ConfigError(f"model.detector.min_level: {min_level} is greater than max_level {max_level}.")
+    try:
+        multiple = builders.input_size_multiple(model.backbone)
+    except ValueError as error:  # an impossible block table or levels
+        raise ConfigError(f"model.backbone: {error}") from None
+    if image_size <= 0 or image_size % multiple:
+        below, above = image_size // multiple * multiple, (image_size // multiple + 1) * multiple
+        nearest = f"{below} or {above}" if below > 0 else str(above)
+        raise ConfigError(
+            f"data.image_size: {image_size} is not a positive multiple of {multiple}, which this "
+            f"{model.backbone.get('type', 'spinenet')} backbone needs (its coarsest stride); use {nearest}."
+        )
+
+
+def _check_weight_decay(model, optimizer):
+    """L2 is given once: the detector's weight_decay, AdamW's decoupled decay or a backbone regularizer."""
+    detector_decay = model.detector.get(
+        "weight_decay", builders.constructor_arguments(RetinaNet)["weight_decay"]
+    )
+    if optimizer.weight_decay and optimizer.type != "adamw":
+        raise ConfigError(
+            f"train.optimizer.weight_decay: only AdamW uses it (decoupled decay); with "
+            f"{optimizer.type!r} the L2 penalty is model.detector.weight_decay."
+        )
+    twice = [
+        key
+        for key, value in [
+            ("train.optimizer.weight_decay", optimizer.weight_decay),
+            ("model.backbone.kernel_regularizer", model.backbone.get("kernel_regularizer")),
+        ]
+        if value
+    ]
+    if detector_decay and twice:
+        given = "" if "weight_decay" in model.detector else ", RetinaNet's default"
+        raise ConfigError(
+            f"model.detector.weight_decay ({detector_decay}{given}) and {twice[0]} both put L2 on the "
+            "weights, so they would be decayed twice; set one of them to 0."
+        )
+
+
+def resolve_steps(value, total_steps):
+    """A schedule step: an integer as it is, a float in (0, 1) as that fraction of `total_steps`."""
+    return round(value * total_steps) if isinstance(value, float) else value
+
+
+def _check_schedule(train):
+    optimizer, total = train.optimizer, train.total_steps
+    steps = [("train.optimizer.warmup_steps", optimizer.warmup_steps)]
+    steps += [(f"train.optimizer.decay_steps[{i}]", step) for i, step in enumerate(optimizer.decay_steps)]
+    for key, step in steps:
+        if isinstance(step, float):
+            if not 0.0 < step < 1.0:
+                raise ConfigError(
+                    f"{key}: {step} is neither a step count (an integer) nor a fraction of the run in (0, 1)."
+                )
+        elif key.endswith("warmup_steps") and not 0 <= step <= total:
+            raise ConfigError(
+                f"{key}: {step} is outside 0..train.total_steps ({total}); give a step count in that range "
+                f"or a fraction of the run, e.g. 0.05."
+            )
+        elif not key.endswith("warmup_steps") and not 0 < step < total:
+            raise ConfigError(
+                f"{key}: step {step} is not inside the run (1..{total - 1}, train.total_steps={total}); "
+                f"give a step count in that range or a fraction of the run, e.g. 0.9."
+            )
+    decays = [resolve_steps(step, total) for step in optimizer.decay_steps]
+    if decays != sorted(decays):
+        raise ConfigError(f"train.optimizer.decay_steps: must increase, got {list(optimizer.decay_steps)}.")
 
 
 def validate(config):
     """Cross-field checks; raises ConfigError naming the key."""
     model, data, train, runtime = config.model, config.data, config.train, config.runtime
-    backbone = dict(model.backbone)
-    kind = backbone.pop("type", "spinenet")
-    _choice("model.backbone.type", kind, sorted(BACKBONES))
-    _check_arguments("model.backbone", backbone, {"spinenet": SpineNet, "resnet50": ResNet50Backbone}[kind],
-                     managed=("image_shape",))  # fmt: skip
-    _check_arguments("model.detector", model.detector, RetinaNet, managed=("backbone", "num_classes"))
-    if model.num_classes < 2:
-        raise ConfigError(
-            f"model.num_classes: must be >= 2 (class 0 is background), got {model.num_classes}."
-        )
-    min_level = model.detector.get("min_level", 3)
-    max_level = model.detector.get("max_level", 7)
-    if min_level > max_level:
-        raise ConfigError(f"model.detector.min_level: {min_level} is greater than max_level {max_level}.")
-    if data.image_size <= 0 or data.image_size % 2**max_level:
-        raise ConfigError(
-            f"data.image_size: {data.image_size} is not a positive multiple of 2**max_level = {2**max_level}."
-        )
+    _check_model(model, data.image_size)
     low, high = data.scale_range
     if not 0 < low <= high:
         raise ConfigError(f"data.scale_range: need 0 < low <= high, got {list(data.scale_range)}.")
@@ -204,6 +279,8 @@ def validate(config):
         split = getattr(data, name)
         if split.tfrecord is None and (split.images is None or split.annotations is None):
             raise ConfigError(f"data.{name}: give 'images' and 'annotations' (COCO) or 'tfrecord' (a glob).")
+    if not data.val.annotations:
+        raise ConfigError("data.val.annotations: COCO evaluation needs the val split's annotations JSON.")
     counts = {
         "train.batch_size": train.batch_size,
         "train.total_steps": train.total_steps,
@@ -220,10 +297,9 @@ def validate(config):
             f"train.checkpoint_interval: {train.checkpoint_interval} does not divide train.total_steps "
             f"{train.total_steps} (checkpoints fall on whole intervals)."
         )
-    optimizer = train.optimizer
-    _choice("train.optimizer.type", optimizer.type, OPTIMIZERS)
-    if list(optimizer.decay_steps) != sorted(optimizer.decay_steps):
-        raise ConfigError(f"train.optimizer.decay_steps: must increase, got {list(optimizer.decay_steps)}.")
+    _choice("train.optimizer.type", train.optimizer.type, OPTIMIZERS)
+    _check_schedule(train)
+    _check_weight_decay(model, train.optimizer)
     _choice("runtime.strategy", runtime.strategy, STRATEGIES)
     _choice("runtime.mixed_precision", runtime.mixed_precision, PRECISIONS)
     return config
@@ -242,20 +318,68 @@ def _apply_override(tree, assignment):
     node[parts[-1]] = yaml.safe_load(raw)
 
 
-def load_config(path=None, overrides=()):
-    """ExperimentConfig from a YAML file (or defaults) plus `key=value` overrides."""
-    tree = {}
-    if path is not None:
-        try:
-            with open(path) as f:
-                tree = yaml.safe_load(f) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: not valid YAML: {error}") from None
+def experiment_names():
+    """The experiments shipped in the package, e.g. "retinanet/synthetic"."""
+    return sorted(
+        os.path.relpath(os.path.join(folder, name), EXPERIMENTS_DIR)[: -len(".yaml")].replace(os.sep, "/")
+        for folder, _, names in os.walk(EXPERIMENTS_DIR)
+        for name in names
+        if name.endswith(".yaml")
+    )
+
+
+def experiment_path(name_or_path):
+    """A YAML file path as it is, or the file of a shipped experiment: "synthetic", "retinanet/synthetic"."""
+    name_or_path = os.fspath(name_or_path)
+    if os.path.isfile(name_or_path):
+        return name_or_path
+    name = name_or_path.removesuffix(".yaml")
+    matches = [known for known in experiment_names() if name in (known, known.rsplit("/", 1)[-1])]
+    if len(matches) == 1:
+        return os.path.join(EXPERIMENTS_DIR, *matches[0].split("/")) + ".yaml"
+    raise ConfigError(
+        f"config {name_or_path}: no such file, and not the name of a shipped experiment "
+        f"({', '.join(experiment_names())})."
+    )
+
+
+def synthetic_cache_dir(arguments):
+    """Where the synthetic set of these `write_synthetic_coco` arguments goes when no out_dir is given.
+
+    A cache directory, not the working directory: the shipped default then trains the same
+    way from any folder, and runs with the same arguments share one copy.
+    """
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    name = "-".join(f"{key}{value}" for key, value in sorted(arguments.items()))
+    return os.path.join(cache, "spinenet_tf", f"synthetic-{name}")
+
+
+def _complete_synthetic(data):
+    """`data.synthetic` with its out_dir, and the splits that are not given pointed at its files."""
+    if data.synthetic is None:
+        return
+    builders.check_arguments(write_synthetic_coco, data.synthetic, "data.synthetic", error=ConfigError)
+    out_dir = data.synthetic.get("out_dir") or synthetic_cache_dir(data.synthetic)
+    data.synthetic = {**data.synthetic, "out_dir": str(out_dir)}
+    for name in ("train", "val"):
+        if getattr(data, name) == SplitConfig():
+            annotations = os.path.join(out_dir, "annotations", f"instances_{name}.json")
+            setattr(data, name, SplitConfig(images=os.path.join(out_dir, name), annotations=annotations))
+
+
+def load_config(name_or_path=DEFAULT_EXPERIMENT, overrides=()):
+    """ExperimentConfig from a YAML file or a shipped experiment's name, plus `key=value` overrides."""
+    path = experiment_path(name_or_path)
+    try:
+        with open(path) as f:
+            tree = yaml.safe_load(f) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
     for assignment in overrides:
         _apply_override(tree, assignment)
-    return validate(_from_dict(ExperimentConfig, tree, ""))
+    config = _from_dict(ExperimentConfig, tree, "")
+    _complete_synthetic(config.data)
+    return validate(config)
 
 
 def to_dict(config):

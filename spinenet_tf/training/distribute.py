@@ -95,8 +95,13 @@ def _jax(strategy_name):
         keras.distribution.initialize()
     devices = keras.distribution.list_devices()
     keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
-    return Distribution(strategy_name, len(devices), jax.process_index() == 0, contextlib.nullcontext,
-                        release=lambda: keras.distribution.set_distribution(None))  # fmt: skip
+    return Distribution(
+        strategy_name,
+        len(devices),
+        jax.process_index() == 0,
+        contextlib.nullcontext,
+        release=lambda: keras.distribution.set_distribution(None),
+    )
 
 
 def make_distribution(runtime):

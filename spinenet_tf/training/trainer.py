@@ -11,6 +11,7 @@ import collections
 import dataclasses
 import json
 import os
+import sys
 import time
 
 import keras
@@ -18,18 +19,24 @@ import numpy as np
 import tensorflow as tf
 import yaml
 
-from spinenet_tf.builders import build_backbone
-from spinenet_tf.data.pipeline import coco_source, eval_dataset, tfrecord_source, train_dataset
+from spinenet_tf.builders import build_detector
+from spinenet_tf.data.coco import category_names, load_annotations
+from spinenet_tf.data.pipeline import eval_dataset, make_source, train_dataset, unpad
 from spinenet_tf.data.synthetic import write_synthetic_coco
-from spinenet_tf.detection.retinanet import RetinaNet
+from spinenet_tf.errors import ConfigError, DataError, SpineNetError
 from spinenet_tf.evaluation import CocoEvaluator
 from spinenet_tf.training.checkpoints import CheckpointDirectory
-from spinenet_tf.training.config import ConfigError, load_config, to_dict
+from spinenet_tf.training.config import load_config, resolve_steps, to_dict
 from spinenet_tf.training.distribute import make_distribution
 from spinenet_tf.training.schedule import WarmupStepDecay
+from spinenet_tf.viz.detections import draw_ground_truth_and_detections
+
+# Val images drawn into TensorBoard at each evaluation (ground truth | detections).
+NUM_EVAL_IMAGES = 4
+EVAL_IMAGE_MIN_SCORE = 0.3
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(SpineNetError, RuntimeError):
     """The loss became NaN or infinite."""
 
 
@@ -46,25 +53,12 @@ def ensure_synthetic_dataset(data):
         write_synthetic_coco(**arguments)
 
 
-def make_source(split):
-    if split.tfrecord:
-        return tfrecord_source(split.tfrecord)
-    source = coco_source(split.images, split.annotations)
-    print(source.report.summary(), flush=True)
-    return source
-
-
 def build_model(config):
     """The detector of `config` (build it inside the distribution's scope, then compile)."""
     keras.config.set_dtype_policy(config.runtime.mixed_precision)
-    size = config.data.image_size
-    backbone_config = {**config.model.backbone, "image_shape": [size, size, 3]}
-    if config.runtime.sync_batch_norm and backbone_config.get("type", "spinenet") == "spinenet":
-        backbone_config["sync_batch_norm"] = True
-    detector_arguments = dict(config.model.detector)
-    if config.runtime.sync_batch_norm:
-        detector_arguments["sync_batch_norm"] = True
-    model = RetinaNet(build_backbone(backbone_config), config.model.num_classes, **detector_arguments)
+    model_config = {"backbone": config.model.backbone, "num_classes": config.model.num_classes}
+    model_config.update(config.model.detector)
+    model = build_detector(model_config, config.data.image_size, config.runtime.sync_batch_norm)
     if config.model.freeze_backbone:
         model.backbone.trainable = False  # Keras 3: frozen BN also stops updating its statistics
     return model
@@ -74,26 +68,42 @@ def make_optimizer(config):
     train, optimizer = config.train, config.train.optimizer
     schedule = WarmupStepDecay(
         optimizer.learning_rate * train.batch_size / optimizer.base_batch_size,
-        optimizer.warmup_steps, optimizer.warmup_start_factor, optimizer.decay_steps, optimizer.decay_factor,
-    )  # fmt: skip
+        resolve_steps(optimizer.warmup_steps, train.total_steps),
+        optimizer.warmup_start_factor,
+        [resolve_steps(step, train.total_steps) for step in optimizer.decay_steps],
+        optimizer.decay_factor,
+    )
     if optimizer.type == "adamw":
-        return keras.optimizers.AdamW(schedule, weight_decay=optimizer.weight_decay,
-                                      global_clipnorm=optimizer.global_clipnorm)  # fmt: skip
+        return keras.optimizers.AdamW(
+            schedule, weight_decay=optimizer.weight_decay, global_clipnorm=optimizer.global_clipnorm
+        )
     return keras.optimizers.SGD(
         schedule, momentum=optimizer.momentum, global_clipnorm=optimizer.global_clipnorm
     )
 
 
-class TrainingProgress(keras.callbacks.Callback):
-    """Per step: images/s into the progress bar's logs, loss and learning rate to
-    TensorBoard, and a stop naming the step when the loss is NaN or infinite. At each
-    interval's end: a checkpoint. Keras epochs here are checkpoint intervals."""
+def _duration(seconds):
+    minutes, seconds = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
 
-    def __init__(self, checkpoints, interval, batch_size, log_dir=None):
+
+class TrainingProgress(keras.callbacks.Callback):
+    """Per step: the progress line (step k of total_steps, ETA, loss, images/s), loss,
+    learning rate and images/s to TensorBoard, and a stop naming the step when the loss is
+    NaN or infinite. At each interval's end: a checkpoint.
+
+    Keras epochs here are checkpoint intervals, so Keras' own "Epoch k/N" bar would count
+    those; this one counts steps. `verbose`: 0 silent, 1 a line updated in place (ended at
+    each checkpoint), 2 one line per checkpoint (for log files).
+    """
+
+    def __init__(self, checkpoints, interval, total_steps, batch_size, log_dir=None, verbose=1):
         super().__init__()
-        self.checkpoints, self.interval, self.batch_size = checkpoints, interval, batch_size
+        self.checkpoints, self.interval, self.total_steps = checkpoints, interval, total_steps
+        self.batch_size, self.verbose = batch_size, verbose
         self.writer = tf.summary.create_file_writer(log_dir) if log_dir else None
-        self.epoch, self.step_ends = 0, collections.deque(maxlen=21)
+        self.epoch, self.step_ends, self.last_shown = 0, collections.deque(maxlen=21), 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
@@ -108,17 +118,42 @@ class TrainingProgress(keras.callbacks.Callback):
                 "Lower train.optimizer.learning_rate or check the data."
             )
         self.step_ends.append(time.perf_counter())
-        if len(self.step_ends) > 1:  # a window of recent steps: the first one includes tracing
-            logs["images_per_second"] = (
-                (len(self.step_ends) - 1) * self.batch_size / (self.step_ends[-1] - self.step_ends[0])
-            )
+        # A window of recent steps: the first step after a start includes tracing, a save is not training.
+        step_time = None
+        if len(self.step_ends) > 1:
+            step_time = (self.step_ends[-1] - self.step_ends[0]) / (len(self.step_ends) - 1)
         if self.writer:
             learning_rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
             with self.writer.as_default(step=step):
                 tf.summary.scalar("loss", loss)
                 tf.summary.scalar("learning_rate", learning_rate)
-                if "images_per_second" in logs:
-                    tf.summary.scalar("images_per_second", logs["images_per_second"])
+                if step_time:
+                    tf.summary.scalar("images_per_second", self.batch_size / step_time)
+        self._show(step, loss, step_time)
+
+    def _show(self, step, loss, step_time):
+        interval_end = step % self.interval == 0
+        now = time.perf_counter()
+        if self.verbose == 0 or (self.verbose == 2 and not interval_end):
+            return
+        if self.verbose == 1 and not interval_end and now - self.last_shown < 0.2:
+            return
+        self.last_shown = now
+        width = 24
+        done = width * step // self.total_steps
+        text = f"step {step}/{self.total_steps}"
+        if self.verbose == 1:
+            text += f" [{'=' * done}{'.' * (width - done)}]"
+        if step_time and step < self.total_steps:
+            text += f" ETA {_duration(step_time * (self.total_steps - step))}"
+        text += f" - loss: {loss:.4f}"
+        if step_time:
+            text += f" - images/s: {self.batch_size / step_time:.1f}"
+        if self.verbose == 1:
+            sys.stdout.write("\r" + text.ljust(100) + ("\n" if interval_end else ""))
+        else:
+            sys.stdout.write(text + "\n")
+        sys.stdout.flush()
 
     def on_epoch_end(self, epoch, logs=None):
         self.checkpoints.save(self.model, (epoch + 1) * self.interval)
@@ -136,13 +171,26 @@ def _check_classes(config, source):
 
 
 def _training_dataset(config):
-    source = make_source(config.data.train)
+    split = config.data.train
+    source = make_source(split)
+    if source.num_boxes == 0:
+        raise DataError(
+            f"{split.annotations}: the training split (data.train) has no boxes to learn from; a model "
+            "trained on it would only learn background. Check the annotations file."
+        )
     _check_classes(config, source)
     data = config.data
     dataset = train_dataset(
-        source, data.image_size, config.train.batch_size, data.max_boxes, data.scale_range, data.flip,
-        data.copy_paste_probability, data.shuffle_buffer, data.cache,
-    )  # fmt: skip
+        source,
+        data.image_size,
+        config.train.batch_size,
+        data.max_boxes,
+        data.scale_range,
+        data.flip,
+        data.copy_paste_probability,
+        data.shuffle_buffer,
+        data.cache,
+    )
     options = tf.data.Options()
     # Workers of a multi-worker run take alternate per-replica slices of each global batch.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
@@ -156,7 +204,8 @@ def _checkpoints(config, model_dir, write=True):
 def train(config, model_dir, verbose=1):
     """Trains (resuming from `model_dir` when it holds a checkpoint), then evaluates.
 
-    Returns the COCO metrics (None on the non-chief workers of a multi-worker run).
+    `verbose`: the progress display (see `TrainingProgress`). Returns the COCO metrics
+    (None on the non-chief workers of a multi-worker run).
     """
     distribution = make_distribution(config.runtime)  # first: multi-worker TF must start before any op
     os.makedirs(model_dir, exist_ok=True)
@@ -167,8 +216,10 @@ def train(config, model_dir, verbose=1):
             f"train.batch_size: {config.train.batch_size} is not divisible by the {replicas} "
             f"replicas of runtime.strategy={config.runtime.strategy}."
         )
-    print(f"strategy {distribution.name}: {replicas} replicas, global batch "
-          f"{config.train.batch_size}", flush=True)  # fmt: skip
+    print(
+        f"strategy {distribution.name}: {replicas} replicas, global batch {config.train.batch_size}",
+        flush=True,
+    )
     if distribution.is_chief:
         ensure_synthetic_dataset(config.data)
         with open(os.path.join(model_dir, "config.yaml"), "w") as f:
@@ -178,18 +229,30 @@ def train(config, model_dir, verbose=1):
     checkpoints = _checkpoints(config, model_dir, write=distribution.is_chief)
     with distribution.scope():
         model = build_model(config)
-        model.compile(optimizer=make_optimizer(config), cross_replica_sum=distribution.cross_replica_sum,
-                      jit_compile=config.runtime.jit_compile)  # fmt: skip
+        model.compile(
+            optimizer=make_optimizer(config),
+            cross_replica_sum=distribution.cross_replica_sum,
+            jit_compile=config.runtime.jit_compile,
+        )
         restored = checkpoints.restore(model)
     step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
-    interval = config.train.checkpoint_interval
+    interval, total_steps = config.train.checkpoint_interval, config.train.total_steps
     if restored:
         print(f"resuming from {restored} at step {step}", flush=True)
-    if step < config.train.total_steps:
+    if step < total_steps:
         log_dir = os.path.join(model_dir, "logs", "train") if distribution.is_chief else None
-        progress = TrainingProgress(checkpoints, interval, config.train.batch_size, log_dir)
-        model.fit(dataset, epochs=config.train.total_steps // interval, initial_epoch=step // interval,
-                  steps_per_epoch=interval, callbacks=[progress], verbose=verbose, shuffle=False)  # fmt: skip
+        progress = TrainingProgress(
+            checkpoints, interval, total_steps, config.train.batch_size, log_dir, verbose
+        )
+        model.fit(
+            dataset,
+            epochs=total_steps // interval,
+            initial_epoch=step // interval,
+            steps_per_epoch=interval,
+            callbacks=[progress],
+            verbose=0,
+            shuffle=False,
+        )
     if not distribution.is_chief:
         return None
     if replicas > 1:  # evaluate on one device, whatever the val batch sizes
@@ -204,10 +267,7 @@ def load_trained_model(model_dir, config_path=None, checkpoint=None):
     The config is the run's resolved `config.yaml` unless `config_path` is given. The
     model is float32 whatever the run's mixed precision: for export and inference.
     """
-    config_path = config_path or os.path.join(model_dir, "config.yaml")
-    if not os.path.exists(config_path):
-        raise FileNotFoundError(f"{config_path} not found: not a training run's model dir? Pass its config.")
-    config = load_config(config_path)
+    config = load_config(config_path or run_config_path(model_dir))
     runtime = dataclasses.replace(config.runtime, mixed_precision="float32", sync_batch_norm=False)
     config = dataclasses.replace(config, runtime=runtime)
     model = build_model(config)
@@ -215,10 +275,63 @@ def load_trained_model(model_dir, config_path=None, checkpoint=None):
     return model, config, path
 
 
+def run_config_path(model_dir):
+    """The resolved config.yaml a training run writes into its model dir."""
+    path = os.path.join(model_dir, "config.yaml")
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"{path} not found: not a training run's model dir? Give its experiment with --config."
+        )
+    return path
+
+
+def _ground_truth(annotations_file, image_ids):
+    """{image id: {"boxes" [K, 4] ymin, xmin, ymax, xmax pixels, "classes" [K]}} for `image_ids`."""
+    wanted = {int(image_id): ([], []) for image_id in image_ids}
+    for annotation in load_annotations(annotations_file)["annotations"]:
+        if annotation["image_id"] in wanted:
+            x, y, width, height = annotation["bbox"]
+            wanted[annotation["image_id"]][0].append([y, x, y + height, x + width])
+            wanted[annotation["image_id"]][1].append(annotation["category_id"])
+    return {
+        image_id: {
+            "boxes": np.reshape(np.asarray(boxes, np.float32), (-1, 4)),
+            "classes": np.asarray(classes),
+        }
+        for image_id, (boxes, classes) in wanted.items()
+    }
+
+
+def _eval_images(examples, annotations_file, min_score=EVAL_IMAGE_MIN_SCORE):
+    """[N, H, W, 3] uint8: each example's ground truth and detections side by side, padded to one size."""
+    ground_truth = _ground_truth(annotations_file, [image_id for image_id, _, _ in examples])
+    names = category_names(annotations_file)
+    pictures = [
+        np.asarray(draw_ground_truth_and_detections(photo, ground_truth[image_id], found, names, min_score))
+        for image_id, photo, found in examples
+    ]
+    height, width = max(p.shape[0] for p in pictures), max(p.shape[1] for p in pictures)
+    batch = np.zeros((len(pictures), height, width, 3), np.uint8)
+    for picture, canvas in zip(pictures, batch):
+        canvas[: picture.shape[0], : picture.shape[1]] = picture
+    return batch
+
+
+def _per_class_table(per_class_ap):
+    width = max(len(name) for name in per_class_ap)
+    rows = [
+        f"{name:<{width}}  {'n/a (no ground truth)' if ap < 0 else f'{ap:.3f}'}"
+        for name, ap in per_class_ap.items()
+    ]
+    return "\n".join([f"{'category':<{width}}  AP", *rows])
+
+
 def evaluate(config, model_dir, model=None):
     """COCO metrics of the val split, printed and written to metrics.json and TensorBoard.
 
-    Without `model`, the latest checkpoint in `model_dir` is loaded into a fresh one.
+    Also writes, under logs/eval, a few val images with ground truth and detections
+    side by side. Without `model`, the latest checkpoint in `model_dir` is loaded into a
+    fresh one.
     """
     if model is None:
         ensure_synthetic_dataset(config.data)
@@ -227,18 +340,34 @@ def evaluate(config, model_dir, model=None):
         if not _checkpoints(config, model_dir).restore(model):
             raise FileNotFoundError(f"No checkpoint in {os.path.join(model_dir, 'checkpoints')} to evaluate.")
     split = config.data.val
-    if not split.annotations:
-        raise ConfigError("data.val.annotations: COCO evaluation needs the val split's annotations JSON.")
     evaluator = CocoEvaluator(split.annotations)
-    for images, meta in eval_dataset(make_source(split), config.data.image_size, config.eval.batch_size):
-        detections = model.predict_on_batch(images.numpy())  # numpy: every backend takes it
-        evaluator.update(meta["image_id"].numpy(), detections, meta["scale"].numpy())
-    metrics = evaluator.result()
+    examples = []  # (image id, photo, its detections) for TensorBoard
+    for images, meta in eval_dataset(make_source(split), config.eval.batch_size):
+        photos = unpad(images, meta["original_size"])
+        detections = model.predict_on_batch(photos)
+        image_ids = meta["image_id"].numpy()
+        evaluator.update(image_ids, detections)
+        for index in range(min(len(photos), NUM_EVAL_IMAGES - len(examples))):
+            count = int(detections["num_detections"][index])
+            found = {
+                key: np.asarray(detections[key][index])[:count] for key in ("boxes", "scores", "classes")
+            }
+            examples.append((int(image_ids[index]), photos[index], found))
+    metrics, per_class_ap = evaluator.result(), evaluator.per_class_ap()
     step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
     print(evaluator.summary(), flush=True)
+    print(_per_class_table(per_class_ap), flush=True)
     with open(os.path.join(model_dir, "metrics.json"), "w") as f:
-        json.dump({"step": step, **metrics}, f, indent=2)
+        json.dump({"step": step, **metrics, "per_class_AP": per_class_ap}, f, indent=2)
     with tf.summary.create_file_writer(os.path.join(model_dir, "logs", "eval")).as_default(step=step):
         for name, value in metrics.items():
             tf.summary.scalar(f"coco/{name}", value)
+        for name, value in per_class_ap.items():
+            tf.summary.scalar(f"coco_per_class_AP/{name}", value)
+        if examples:
+            tf.summary.image(
+                "ground_truth_vs_detections",
+                _eval_images(examples, split.annotations),
+                max_outputs=NUM_EVAL_IMAGES,
+            )
     return metrics

@@ -5,6 +5,10 @@ import colorsys
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+# Space between the two panels of `draw_ground_truth_and_detections`, and its caption band.
+PANEL_GAP = 4
+CAPTION_HEIGHT = 14
+
 
 def class_colour(class_id):
     """A stable, well-separated colour for a class id (golden-ratio hues)."""
@@ -13,23 +17,50 @@ def class_colour(class_id):
 
 
 def draw_detections(image, detections, labels=None, min_score=0.0):
-    """uint8 [H, W, 3] + {"boxes" [K, 4] ymin, xmin, ymax, xmax pixels, "scores", "classes"} -> PIL image."""
+    """uint8 [H, W, 3] + {"boxes" [K, 4] ymin, xmin, ymax, xmax pixels, "scores", "classes"} -> PIL image.
+
+    Without "scores" (ground truth) every box is drawn, labelled by its class alone.
+    """
     picture = Image.fromarray(np.asarray(image, np.uint8)).convert("RGB")
     draw = ImageDraw.Draw(picture)
     font = ImageFont.load_default()
     width = max(1, round(max(picture.size) / 300))
-    order = np.argsort(detections["scores"])  # best drawn last, on top
+    scores = detections.get("scores")
+    order = np.argsort(scores) if scores is not None else range(len(detections["classes"]))  # best on top
     for index in order:
-        score = float(detections["scores"][index])
-        if score < min_score:
+        if scores is not None and float(scores[index]) < min_score:
             continue
         class_id = int(detections["classes"][index])
         ymin, xmin, ymax, xmax = (float(v) for v in detections["boxes"][index])
         colour = class_colour(class_id)
         draw.rectangle([xmin, ymin, xmax, ymax], outline=colour, width=width)
-        text = f"{(labels or {}).get(class_id, class_id)} {score:.2f}"
+        text = str((labels or {}).get(class_id, class_id))
+        if scores is not None:
+            text += f" {float(scores[index]):.2f}"
         left, top, right, bottom = draw.textbbox((xmin, ymin), text, font=font)
         top_y = ymin - (bottom - top) - 2 if ymin >= bottom - top + 2 else ymin
         draw.rectangle([xmin, top_y, xmin + right - left + 4, top_y + bottom - top + 2], fill=colour)
         draw.text((xmin + 2, top_y), text, fill=(0, 0, 0), font=font)
+    return picture
+
+
+def draw_ground_truth_and_detections(image, ground_truth, detections, labels=None, min_score=0.0):
+    """One picture: the image with its ground-truth boxes (left) and with the detections (right).
+
+    What TF Object Detection API users look at in TensorBoard after each evaluation.
+    """
+    panels = [
+        draw_detections(image, ground_truth, labels),
+        draw_detections(image, detections, labels, min_score),
+    ]
+    width, height = panels[0].size
+    picture = Image.new("RGB", (2 * width + PANEL_GAP, height + CAPTION_HEIGHT), (255, 255, 255))
+    draw = ImageDraw.Draw(picture)
+    font = ImageFont.load_default()
+    for column, (panel, caption) in enumerate(
+        zip(panels, ["ground truth", f"detections (score >= {min_score})"])
+    ):
+        left = column * (width + PANEL_GAP)
+        draw.text((left + 2, 1), caption, fill=(0, 0, 0), font=font)
+        picture.paste(panel, (left, CAPTION_HEIGHT))
     return picture

@@ -24,8 +24,11 @@ def write_coco(root, images, categories=(1, 2, 3), extra_annotations=(), image_f
     """
     images_dir = root / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
-    data = {"images": [], "annotations": list(extra_annotations),
-            "categories": [{"id": c, "name": f"c{c}"} for c in categories]}  # fmt: skip
+    data = {
+        "images": [],
+        "annotations": list(extra_annotations),
+        "categories": [{"id": c, "name": f"c{c}"} for c in categories],
+    }
     for image_id, (file_name, height, width, objects) in enumerate(images, start=1):
         boxes = [bbox for _, bbox, _ in objects]
         Image.fromarray(rectangle_image(height, width, boxes)).save(
@@ -34,10 +37,17 @@ def write_coco(root, images, categories=(1, 2, 3), extra_annotations=(), image_f
         data["images"].append({"id": image_id, "file_name": file_name, "height": height, "width": width})
         for category, (x, y, w, h), crowd in objects:
             polygon = [x, y, x + w, y, x + w, y + h, x, y + h]
-            data["annotations"].append({
-                "id": len(data["annotations"]) + 1, "image_id": image_id, "category_id": category,
-                "bbox": [x, y, w, h], "area": w * h, "iscrowd": crowd, "segmentation": [polygon],
-            })  # fmt: skip
+            data["annotations"].append(
+                {
+                    "id": len(data["annotations"]) + 1,
+                    "image_id": image_id,
+                    "category_id": category,
+                    "bbox": [x, y, w, h],
+                    "area": w * h,
+                    "iscrowd": crowd,
+                    "segmentation": [polygon],
+                }
+            )
     annotations_file = root / "instances.json"
     annotations_file.write_text(json.dumps(data))
     return images_dir, annotations_file

@@ -15,6 +15,7 @@ from spinenet_tf.data.synthetic import (
     render_image,
     write_synthetic_coco,
 )
+from spinenet_tf.errors import DataError
 
 SMALL = {"min_size": 64, "max_size": 112}
 
@@ -41,12 +42,13 @@ def erode(mask, steps):
 
 def test_files_load_with_pycocotools_and_match_the_summary(dataset):
     out_dir, summary = dataset
+    # Ids 1..K, so a model for this set has K + 1 classes (0: background).
+    assert [c["id"] for c in CATEGORIES] == list(range(1, len(CATEGORIES) + 1))
     for split, count in (("train", 6), ("val", 3)):
         coco = COCO(summary[split]["annotations_file"])
         assert summary[split]["images"] == count == len(coco.imgs)
         assert summary[split]["annotations"] == len(coco.anns) >= count
         assert coco.loadCats(coco.getCatIds()) == CATEGORIES
-        assert [c["id"] for c in CATEGORIES] == list(range(1, len(CATEGORIES) + 1))
         for image in coco.imgs.values():
             with Image.open(Path(summary[split]["dir"]) / image["file_name"]) as opened:
                 assert opened.mode == "RGB" and opened.size == (image["width"], image["height"])
@@ -131,7 +133,7 @@ def test_rendered_objects_are_flat_colours_partly_hidden_but_visible_enough(seed
         ({"max_objects": 0}, "max_objects"),
     ],
 )
-def test_bad_arguments_name_the_argument(tmp_path, kwargs, name):
-    with pytest.raises(ValueError, match=name):
+def test_bad_arguments_are_data_errors_naming_the_argument(tmp_path, kwargs, name):
+    with pytest.raises(DataError, match=f"^{name}"):
         write_synthetic_coco(tmp_path, **{"num_train": 1, "num_val": 1, **kwargs})
     assert not (tmp_path / "annotations").exists()

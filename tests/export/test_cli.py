@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from spinenet_tf.cli import main
-from tests.export.fixtures import random_image
+from tests.helpers import random_image
 
 
 def test_export_and_predict_with_both_formats(run_dir, tmp_path, capsys):
@@ -32,8 +32,19 @@ def test_export_and_predict_with_both_formats(run_dir, tmp_path, capsys):
     for model in (out, out / "model_int8.tflite"):
         predictions = tmp_path / f"predictions_{model.name}"
         with pytest.raises(SystemExit, match="1 of 3 images could not be read"):
-            main(["predict", "--model", str(model), *images, str(corrupt), "--out", str(predictions),
-                  "--min-score", "0.0"])  # fmt: skip
+            main(
+                [
+                    "predict",
+                    "--model",
+                    str(model),
+                    *images,
+                    str(corrupt),
+                    "--out",
+                    str(predictions),
+                    "--min-score",
+                    "0.0",
+                ]
+            )
         assert f"{corrupt}: cannot read it as an image" in capsys.readouterr().err
         result = json.loads((predictions / "detections.json").read_text())
         assert [entry["image"] for entry in result["images"]] == images

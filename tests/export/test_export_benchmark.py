@@ -6,9 +6,22 @@ from benchmarks import export_formats
 def test_export_formats_benchmark_writes_its_section(run_dir, tmp_path):
     out = tmp_path / "BENCHMARKS.md"
     results = export_formats.main(
-        ["--model-dir", str(run_dir), "--val-images", "2", "--calibration-images", "2", "--repeats", "1",
-         "--formats", "SavedModel", "TFLite int8", "--out", str(out)]
-    )  # fmt: skip
+        [
+            "--model-dir",
+            str(run_dir),
+            "--val-images",
+            "2",
+            "--calibration-images",
+            "2",
+            "--repeats",
+            "1",
+            "--formats",
+            "SavedModel",
+            "TFLite int8",
+            "--out",
+            str(out),
+        ]
+    )
     text = out.read_text()
     for name in ("SavedModel", "TFLite int8"):
         row = next(line for line in text.splitlines() if line.startswith(f"| {name} |"))

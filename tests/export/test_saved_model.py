@@ -9,10 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from spinenet_tf.data.augment import normalise_image
 from spinenet_tf.export import export_saved_model, load_predictor
-from spinenet_tf.export.serving import letterbox
-from tests.export.fixtures import encode, random_image, spread_detector
+from tests.helpers import encode, random_image, spread_detector
 
 
 @pytest.fixture(scope="module")
@@ -24,13 +22,10 @@ def exported(tmp_path_factory):
 
 
 def keras_detections(model, image):
-    """The Keras model on one image, prepared like evaluation, boxes mapped back to its pixels."""
-    letterboxed, scale, _ = letterbox(tf.constant(image), model.input.shape[1])
-    detections = model.predict_on_batch(normalise_image(letterboxed)[None].numpy())
+    """The Keras model's own answer for one photo (it letterboxes it and maps boxes back)."""
+    detections = model.predict_on_batch(image[None])
     count = int(detections["num_detections"][0])
-    limits = np.array(image.shape[:2] * 2, np.float32)
-    boxes = np.minimum(detections["boxes"][0, :count] / np.tile(scale.numpy(), 2), limits)
-    return boxes, detections["scores"][0, :count], detections["classes"][0, :count]
+    return detections["boxes"][0, :count], detections["scores"][0, :count], detections["classes"][0, :count]
 
 
 def example_of(encoded):
@@ -78,6 +73,61 @@ def test_three_signatures_equal_the_keras_model(exported):
     assert outputs["detection_classes"].dtype == tf.int32
 
 
+# Photo sizes that are no multiple of the model's 128 px: wide, small and tall.
+PHOTO_SIZES = [(300, 500), (97, 61), (200, 130)]
+
+JAX_PREDICT = """
+import sys
+sys.modules["tensorflow"] = None  # the model code, preprocessing included, needs no TensorFlow
+import keras, numpy as np
+import spinenet_tf
+assert keras.backend.backend() == "jax"
+model_file, photos_file, out = sys.argv[1:]
+photos = list(np.load(photos_file).values())
+model = keras.saving.load_model(model_file)
+listed = model.predict(photos, verbose=0)
+alone = [model.predict(photo[None], verbose=0) for photo in photos]
+np.savez(out, **{f"list_{k}": v for k, v in listed.items()},
+         **{f"alone{i}_{k}": v for i, one in enumerate(alone) for k, v in one.items()})
+"""
+
+
+def serving_names(detections):
+    return {f"detection_{key}": value for key, value in detections.items() if key != "num_detections"} | {
+        "num_detections": detections["num_detections"]
+    }
+
+
+def test_predict_on_photos_equals_the_saved_model_on_tensorflow_and_jax(exported, tmp_path):
+    """uint8 photos of three sizes: Keras predict (a list of them, and each alone) on TensorFlow
+    and on JAX gives the SavedModel's detections, boxes in each photo's own pixels."""
+    model, _, _, loaded = exported
+    photos = [random_image(height, width, seed=n) for n, (height, width) in enumerate(PHOTO_SIZES)]
+    served = [loaded.signatures["serving_default"](images=tf.constant(photo[None])) for photo in photos]
+    expected = [keras_detections(model, photo) for photo in photos]
+    listed = serving_names(model.predict(photos, verbose=0))
+    for n, photo in enumerate(photos):
+        assert_same_detections(served[n], 0, expected[n])
+        assert_same_detections(listed, n, expected[n])
+        assert expected[n][0][:, 2].max() > 0.6 * photo.shape[0]  # boxes reach far into the photo...
+        assert (expected[n][0][:, 2:] <= np.array(photo.shape[:2])).all()  # ...and stay inside it
+
+    model.save(tmp_path / "model.keras")
+    np.savez(tmp_path / "photos.npz", *photos)
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    arguments = [str(tmp_path / name) for name in ("model.keras", "photos.npz", "jax.npz")]
+    result = subprocess.run(
+        [sys.executable, "-c", JAX_PREDICT, *arguments], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    on_jax = np.load(tmp_path / "jax.npz")
+    for n in range(len(photos)):
+        for prefix in ("list_", f"alone{n}_"):
+            index = n if prefix == "list_" else 0
+            answer = {key[len(prefix) :]: on_jax[key] for key in on_jax.files if key.startswith(prefix)}
+            assert_same_detections(serving_names(answer), index, expected[n])
+
+
 def test_loads_and_runs_in_a_process_without_spinenet_tf_or_keras(exported, tmp_path):
     model, _, path, _ = exported
     image = random_image(96, 120, seed=3)
@@ -112,8 +162,14 @@ def test_loads_and_runs_in_a_process_without_spinenet_tf_or_keras(exported, tmp_
         """
     )
     environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=environment,
-                            cwd=tmp_path, timeout=300)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=environment,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     import json
 
@@ -126,8 +182,11 @@ def test_saved_model_cli_lists_the_signatures(exported):
     cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
     shown = subprocess.run([cli, "show", "--dir", path, "--all"], capture_output=True, text=True, timeout=300)
     assert shown.returncode == 0, shown.stderr[-2000:]
-    for signature, input_name in [("serving_default", "images"), ("serve_image_bytes", "image_bytes"),
-                                  ("serve_tf_example", "examples")]:  # fmt: skip
+    for signature, input_name in [
+        ("serving_default", "images"),
+        ("serve_image_bytes", "image_bytes"),
+        ("serve_tf_example", "examples"),
+    ]:
         assert f"signature_def['{signature}']" in shown.stdout
         assert f"inputs['{input_name}']" in shown.stdout
     for output in ("detection_boxes", "detection_scores", "detection_classes", "num_detections"):

@@ -7,12 +7,12 @@ import tensorflow as tf
 from spinenet_tf.export import TFLiteDetector, export_tflite
 from spinenet_tf.export.serving import POSTPROCESS_SCOPE, detect_letterboxed, letterbox_uint8
 from spinenet_tf.export.tflite import HEAD_LAYERS
-from tests.export.fixtures import random_image, spread_detector
+from tests.helpers import random_image, spread_detector
 
 # Largest |tflite - keras| / max |keras| of the raw outputs; measured on this random model:
 # 6e-7, 1e-3, 2e-2 and 0.1 (logits) / 0.16 (box deltas) for int8 (an int8 backbone, a float head). int8's
 # bound only catches a broken model (an all-zero output is 1.0); its accuracy is shown by
-# mAP on the synthetic val split (benchmarks/export_formats.py).
+# mAP on the synthetic val split (`python -m benchmarks.export_formats`).
 RAW_TOLERANCE = {"none": 1e-4, "fp16": 5e-3, "dynamic": 5e-2, "int8": 0.6}
 
 

@@ -2,37 +2,39 @@ import os
 
 import keras
 import numpy as np
+import pytest
 
 from spinenet_tf.training.checkpoints import CheckpointDirectory
-from tests.detection.test_retinanet import synthetic_batch, tiny_detector
+from tests.helpers import synthetic_batch, tiny_detector
 
 
-def trained_detector(steps):
+@pytest.fixture(scope="module")
+def model():
+    """A tiny detector after 2 training steps (one traced step shared by the tests)."""
     model = tiny_detector()
-    model.compile(optimizer=keras.optimizers.AdamW(1e-3))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
     images, labels = synthetic_batch(2)
-    for _ in range(steps):
+    for _ in range(2):
         model.train_on_batch(images, labels)
     return model
 
 
-def test_restore_brings_back_weights_batch_norm_statistics_and_optimizer_state(tmp_path):
-    model = trained_detector(steps=2)
+def test_restore_brings_back_weights_batch_norm_statistics_and_optimizer_state(tmp_path, model):
     checkpoints = CheckpointDirectory(str(tmp_path), keep=3)
     checkpoints.save(model, 2)
 
     fresh = tiny_detector()
-    fresh.compile(optimizer=keras.optimizers.AdamW(1e-3))
+    fresh.compile(optimizer=keras.optimizers.Adam(1e-3))
     assert checkpoints.restore(fresh) == str(tmp_path / "ckpt-2")
-    for saved, restored in zip(model.weights, fresh.weights):  # includes BN moving statistics
+    for saved, restored in zip(model.weights, fresh.weights, strict=True):  # includes BN moving statistics
         np.testing.assert_array_equal(saved.numpy(), restored.numpy())
     assert int(fresh.optimizer.iterations.numpy()) == 2
-    for saved, restored in zip(model.optimizer.variables, fresh.optimizer.variables):  # Adam moments
+    # Adam moments included
+    for saved, restored in zip(model.optimizer.variables, fresh.optimizer.variables, strict=True):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(saved), keras.ops.convert_to_numpy(restored))
 
 
-def test_keeps_the_newest_and_ignores_a_write_cut_short(tmp_path):
-    model = trained_detector(steps=1)
+def test_keeps_the_newest_and_ignores_a_write_cut_short(tmp_path, model):
     checkpoints = CheckpointDirectory(str(tmp_path), keep=2)
     for step in (10, 20, 30):
         checkpoints.save(model, step)
@@ -45,8 +47,7 @@ def test_keeps_the_newest_and_ignores_a_write_cut_short(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["ckpt-30", "ckpt-50"]
 
 
-def test_non_writing_process_saves_nothing_and_an_empty_directory_restores_nothing(tmp_path):
-    model = trained_detector(steps=1)
+def test_non_writing_process_saves_nothing_and_an_empty_directory_restores_nothing(tmp_path, model):
     CheckpointDirectory(str(tmp_path / "a"), keep=2, write=False).save(model, 1)
     assert not (tmp_path / "a").exists()
     assert CheckpointDirectory(str(tmp_path / "b"), keep=2).restore(model) is None

@@ -25,14 +25,28 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 
 def experiment(tmp_path, data_dir):
     return write_experiment(
-        tmp_path, data_dir, data={"flip": False, "scale_range": [1.0, 1.0], "shuffle_buffer": 1},
-        runtime={"sync_batch_norm": True}, batch_size=4, total_steps=4,
-    )  # fmt: skip
+        tmp_path,
+        data_dir,
+        data={"flip": False, "scale_range": [1.0, 1.0], "shuffle_buffer": 1},
+        runtime={"sync_batch_norm": True},
+        batch_size=4,
+        total_steps=4,
+    )
 
 
 def train(config, model_dir, *extra, prelude="", env=()):
-    return spinenet("train", "--config", str(config), "--model-dir", str(model_dir), "--verbose", "2", *extra,
-                    prelude=prelude, env=env)  # fmt: skip
+    return spinenet(
+        "train",
+        "--config",
+        str(config),
+        "--model-dir",
+        str(model_dir),
+        "--progress",
+        "lines",
+        *extra,
+        prelude=prelude,
+        env=env,
+    )
 
 
 def finish(run):
@@ -72,8 +86,15 @@ def assert_same_losses(losses, reference):
 @pytest.mark.slow
 def test_mirrored_over_two_logical_cpus_gives_the_one_device_loss(one_device, tmp_path):
     data_dir, reference = one_device
-    output = finish(train(experiment(tmp_path, data_dir), tmp_path / "model", "--strategy", "mirrored",
-                          prelude=TWO_LOGICAL_CPUS))  # fmt: skip
+    output = finish(
+        train(
+            experiment(tmp_path, data_dir),
+            tmp_path / "model",
+            "--strategy",
+            "mirrored",
+            prelude=TWO_LOGICAL_CPUS,
+        )
+    )
     assert "strategy mirrored: 2 replicas" in output, output[-3000:]
     assert_same_losses(logged_losses(tmp_path / "model"), reference)
 
@@ -90,10 +111,15 @@ def test_two_worker_processes_give_the_one_process_loss(one_device, tmp_path):
     config, model_dir = experiment(tmp_path, data_dir), tmp_path / "model"
     cluster = {"worker": [f"localhost:{free_port()}", f"localhost:{free_port()}"]}
     workers = [
-        train(config, model_dir, "--strategy", "multi_worker",
-              env={"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})})
+        train(
+            config,
+            model_dir,
+            "--strategy",
+            "multi_worker",
+            env={"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})},
+        )
         for index in (0, 1)
-    ]  # fmt: skip
+    ]
     outputs = [finish(worker) for worker in workers]
     assert all("strategy multi_worker: 2 replicas" in output for output in outputs), outputs
     assert_same_losses(logged_losses(model_dir), reference)

@@ -1,10 +1,11 @@
+import keras
 import numpy as np
 import pytest
 
 from spinenet_tf.training.config import load_config
 from spinenet_tf.training.schedule import WarmupStepDecay
 from spinenet_tf.training.trainer import build_model, make_optimizer
-from tests.detection.test_retinanet import SMALL_BLOCK_SPECS, synthetic_batch
+from tests.helpers import SMALL_BLOCK_SPECS, synthetic_batch
 
 
 def test_schedule_warms_up_linearly_then_steps_down():
@@ -15,8 +16,7 @@ def test_schedule_warms_up_linearly_then_steps_down():
 
 
 def test_learning_rate_follows_the_global_batch():
-    config = load_config("experiments/retinanet/synthetic.yaml",
-                         ["train.batch_size=32", "train.optimizer.warmup_steps=0"])  # fmt: skip
+    config = load_config("synthetic", ["train.batch_size=32", "train.optimizer.warmup_steps=0"])
     optimizer = make_optimizer(config)
     base = config.train.optimizer.learning_rate
     assert float(optimizer.learning_rate) == pytest.approx(base * 32 / config.train.optimizer.base_batch_size)
@@ -24,10 +24,13 @@ def test_learning_rate_follows_the_global_batch():
 
 def test_freeze_backbone_freezes_weights_and_batch_norm_statistics():
     overrides = [
-        "model.freeze_backbone=true", "data.image_size=128", "model.detector.num_filters=16",
-        f"model.backbone.block_specs={SMALL_BLOCK_SPECS}", "model.backbone.endpoints_num_filters=16",
-    ]  # fmt: skip
-    config = load_config("experiments/retinanet/synthetic.yaml", overrides)
+        "model.freeze_backbone=true",
+        "data.image_size=128",
+        "model.detector.num_filters=16",
+        f"model.backbone.block_specs={SMALL_BLOCK_SPECS}",
+        "model.backbone.endpoints_num_filters=16",
+    ]
+    config = load_config("synthetic", overrides)
     model = build_model(config)
     model.compile(optimizer=make_optimizer(config))
     assert model.backbone.trainable_weights == [] and model.trainable_weights
@@ -36,6 +39,19 @@ def test_freeze_backbone_freezes_weights_and_batch_norm_statistics():
     images, labels = synthetic_batch(2)
     model.train_on_batch(images, labels)
     assert all(
-        np.array_equal(a, w.numpy()) for a, w in zip(before, model.backbone.weights)
+        np.array_equal(a, w.numpy()) for a, w in zip(before, model.backbone.weights, strict=True)
     )  # incl. BN moving stats
-    assert any(not np.array_equal(a, w.numpy()) for a, w in zip(head_before, model.trainable_weights))
+    trained = zip(head_before, model.trainable_weights, strict=True)
+    assert any(not np.array_equal(a, w.numpy()) for a, w in trained)
+
+
+@pytest.mark.parametrize(
+    "backbone", ["{type: spinenet, model_id: '49', filter_size_scale: 0.25}", "{type: resnet50}"]
+)
+def test_runtime_options_reach_every_backbone_and_the_head(backbone):
+    overrides = [f"model.backbone={backbone}", "data.image_size=128", "runtime.sync_batch_norm=true"]
+    model = build_model(load_config("synthetic", overrides))
+    assert model.backbone.input_shape == (None, 128, 128, 3)
+    for part in (model.backbone, model):  # the model's own layers: the head's (and an FPN's)
+        norms = [layer for layer in part.layers if isinstance(layer, keras.layers.BatchNormalization)]
+        assert norms and all(layer.synchronized for layer in norms), part.name

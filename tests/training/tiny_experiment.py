@@ -6,7 +6,7 @@ import sys
 
 import yaml
 
-from tests.detection.test_retinanet import SMALL_BLOCK_SPECS
+from tests.helpers import SMALL_BLOCK_SPECS
 
 
 def write_experiment(tmp_path, data_dir=None, data=(), runtime=(), **train):
@@ -14,25 +14,49 @@ def write_experiment(tmp_path, data_dir=None, data=(), runtime=(), **train):
     data_dir = data_dir or tmp_path / "data"
     config = {
         "model": {
-            "backbone": {"type": "spinenet", "model_id": "49", "filter_size_scale": 0.25,
-                         "endpoints_num_filters": 16, "block_specs": SMALL_BLOCK_SPECS},
+            "backbone": {
+                "type": "spinenet",
+                "model_id": "49",
+                "filter_size_scale": 0.25,
+                "endpoints_num_filters": 16,
+                "block_specs": SMALL_BLOCK_SPECS,
+            },
             "detector": {"num_convs": 1, "num_filters": 16},
             "num_classes": 7,
         },
         "data": {
-            "synthetic": {"out_dir": str(data_dir), "num_train": 8, "num_val": 4, "seed": 0, "min_size": 64,
-                          "max_size": 96},
-            "train": {"images": str(data_dir / "train"),
-                      "annotations": str(data_dir / "annotations" / "instances_train.json")},
-            "val": {"images": str(data_dir / "val"),
-                    "annotations": str(data_dir / "annotations" / "instances_val.json")},
-            "image_size": 128, "max_boxes": 8, "cache": True, **dict(data),
+            "synthetic": {
+                "out_dir": str(data_dir),
+                "num_train": 8,
+                "num_val": 4,
+                "seed": 0,
+                "min_size": 64,
+                "max_size": 96,
+            },
+            "train": {
+                "images": str(data_dir / "train"),
+                "annotations": str(data_dir / "annotations" / "instances_train.json"),
+            },
+            "val": {
+                "images": str(data_dir / "val"),
+                "annotations": str(data_dir / "annotations" / "instances_val.json"),
+            },
+            "image_size": 128,
+            "max_boxes": 8,
+            "cache": True,
+            **dict(data),
         },
-        "train": {"batch_size": 2, "total_steps": 6, "checkpoint_interval": 2, "keep_checkpoints": 5,
-                  "optimizer": {"warmup_steps": 2, "learning_rate": 0.01}, **train},
+        "train": {
+            "batch_size": 2,
+            "total_steps": 6,
+            "checkpoint_interval": 2,
+            "keep_checkpoints": 5,
+            "optimizer": {"warmup_steps": 2, "learning_rate": 0.01},
+            **train,
+        },
         "eval": {"batch_size": 2},
         "runtime": dict(runtime),
-    }  # fmt: skip
+    }
     path = tmp_path / "experiment.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -42,5 +66,10 @@ def spinenet(*args, prelude="", env=()):
     """`spinenet ARGS` in a subprocess (stdout and stderr together); `prelude` is Python run first."""
     code = f"import sys\n{prelude}\nfrom spinenet_tf.cli import main\nmain(sys.argv[1:])"
     environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **dict(env)}
-    return subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=environment)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=environment,
+    )

@@ -1,7 +1,21 @@
-"""Published reference figures that our models are checked against."""
+"""Published reference figures that our models are checked against, and the configs they describe.
 
-# Trainable parameters of official.vision.modeling.backbones.spinenet
-# (tf-models-official 2.20), outputs levels 3..7, the paper's scaling table.
+Plain data, used by the tests (exact parameter counts) and by the benchmark tables:
+
+- `MODEL_GARDEN_BACKBONE_PARAMS`: trainable parameters of TF Model Garden's SpineNet
+  (`official.vision.modeling.backbones.spinenet`, tf-models-official 2.20), outputs
+  P3..P7, built with its scaling table (the paper's, plus 143L).
+- `PAPER_RESOLUTION`: the input size of each variant in the paper's COCO RetinaNet
+  results (Du et al., "SpineNet", CVPR 2020); 143L, which only Model Garden's scaling
+  table has, at 143's.
+- `DETECTOR_REFERENCE`: RetinaNet with COCO's 91 outputs (class 0 background).
+  "params": Model Garden 2.20's RetinaNet built from `detector_config(name)`, to the
+  integer, except R50-FPN: the model zoo's rounded 34.0M. "gmacs": the Model Garden
+  model zoo's "FLOPs" column (multiply-adds), None where it has no row: its 49S row was
+  measured with 256 endpoint filters (our "49S-256"), and 143L appears only in Model
+  Garden's scaling table. "size": the input size of that row.
+"""
+
 MODEL_GARDEN_BACKBONE_PARAMS = {
     "49S": 9_089_215,
     "49": 21_831_488,
@@ -11,15 +25,8 @@ MODEL_GARDEN_BACKBONE_PARAMS = {
     "190": 126_587_664,
 }
 
-# Input size of each variant in the paper's COCO results.
 PAPER_RESOLUTION = {"49S": 640, "49": 640, "96": 1024, "143": 1280, "143L": 1280, "190": 1280}
 
-# RetinaNet with COCO's 91 outputs (class 0 background), TF Model Garden 2.20:
-# trainable parameters to the integer, and the model zoo's MACs ("FLOPs") in G.
-# 49S: head 4x128; "49S-256": the zoo's 49S, measured with 256 endpoint filters.
-# 190: head 7x512; others 4x256. R50-FPN: the zoo's rounded 34.0M params.
-# 143L has no model-zoo row (no published MACs): its parameters come from building
-# Model Garden's RetinaNet with SpineNet-143L in tf-models-official 2.20.
 DETECTOR_REFERENCE = {
     "49S": {"params": 11_265_942, "gmacs": None, "size": 640},
     "49S-256": {"params": 11_944_598, "gmacs": 33.8, "size": 640},
@@ -33,7 +40,8 @@ DETECTOR_REFERENCE = {
 
 
 def detector_config(name):
-    """The build_detector config of a row of DETECTOR_REFERENCE."""
+    """The `build_detector` config of a row of DETECTOR_REFERENCE: 91 classes, the paper's heads
+    (49S: 4x128 filters, 190: 7x512, others 4x256)."""
     if name == "R50-FPN":
         return {"backbone": {"type": "resnet50"}, "num_classes": 91}
     model_id = name.split("-")[0]

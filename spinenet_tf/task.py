@@ -1,0 +1,163 @@
+"""What every task model (RetinaNet, later two-stage detectors and classifiers) shares.
+
+A task owns its preprocessing (keras-hub's pattern): `predict` and `predict_on_batch`
+take photos as they are (uint8 or float 0..255, any size: a batch of one size or a list
+of different sizes), letterbox and normalise them with the task's `ImageConverter`, run
+the network, decode, and answer in each photo's own pixels. Calling the model directly,
+`fit` and `evaluate` take the training pipeline's output (normalised, model-sized), as
+Keras models do. The config round trip (backbone, converter, dtype policy) is here too.
+"""
+
+import contextlib
+import warnings
+
+import keras
+import numpy as np
+from keras import ops
+
+from spinenet_tf.errors import ModelError
+from spinenet_tf.layers.image_converter import ImageConverter, boxes_to_original, normalise_image
+
+
+def default_image_converter(backbone):
+    """Letterbox into the backbone's static input size, or pad to its size multiple if dynamic."""
+    height, width = backbone.input.shape[1:3]
+    image_size = None if height is None or width is None else (height, width)
+    return ImageConverter(image_size, getattr(backbone, "size_multiple", 1))
+
+
+def _check_photos(x):
+    """A batch [B, H, W, 3] or a list of [H, W, 3]; anything else is named."""
+    if isinstance(x, (list, tuple)):
+        shapes = [np.shape(image) for image in x]
+        bad = next((n for n, shape in enumerate(shapes) if len(shape) != 3 or shape[-1] != 3), None)
+        if not x or bad is not None:
+            raise ModelError(
+                "predict takes a batch [batch, height, width, 3] or a list of [height, width, 3] photos; "
+                + (f"photo {bad} of the list has shape {shapes[bad]}." if x else "got an empty list.")
+            )
+        return
+    shape = tuple(x.shape)
+    if len(shape) == 3 and shape[-1] == 3:
+        raise ModelError(
+            f"predict takes a batch [batch, height, width, 3]; got one photo of shape {shape}: "
+            "pass photo[None] or [photo]."
+        )
+    if len(shape) != 4 or shape[-1] != 3:
+        raise ModelError(f"predict takes photos [batch, height, width, 3]; got shape {shape}.")
+    if isinstance(x, np.ndarray) and x.dtype.kind == "f" and x.size and np.max(x) <= 1.0:
+        warnings.warn(
+            "predict takes pixel values 0..255 (uint8 or float); these photos are all <= 1.0. "
+            "The model normalises them itself.",
+            stacklevel=3,
+        )
+
+
+class Task(keras.Model):
+    """Base of the task models. A subclass builds its functional graph on `backbone`,
+    calls `super().__init__(inputs=..., outputs=..., ...)`, then `self._init_task(backbone,
+    image_converter)`, and provides `decode_predictions(raw_outputs, image_size)` (outputs
+    in model-input pixels) and `task_config()` (its own constructor arguments)."""
+
+    def _init_task(self, backbone, image_converter):
+        self.backbone = backbone
+        if isinstance(image_converter, dict):
+            image_converter = keras.saving.deserialize_keras_object(image_converter)
+        self.image_converter = image_converter or default_image_converter(backbone)
+
+    # === Photos in, answers in the photos' pixels ===
+    def predict_step(self, *args):
+        # TF and torch call predict_step(data); JAX calls predict_step(state, data) and
+        # expects (outputs, non_trainable_variables) back.
+        photos, _, _ = keras.utils.unpack_x_y_sample_weight(args[-1])
+        inputs, scale = self.image_converter(photos)
+        outputs = super().predict_step(*args[:-1], inputs)
+        raw, state = outputs if isinstance(outputs, tuple) else (outputs, None)
+        answers = self.decode_predictions(raw, tuple(inputs.shape[1:3]))
+        if "boxes" in answers:
+            original_size = ops.stack([ops.cast(size, "float32") for size in ops.shape(photos)[1:3]])
+            answers["boxes"] = boxes_to_original(answers["boxes"], scale, original_size)
+        return answers if state is None else (answers, state)
+
+    def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
+        """Answers for photos: a batch [B, H, W, 3] of one size or a list of [H, W, 3]."""
+        _check_photos(x)
+        if self.image_converter.image_size is None:
+            return self._predict_at_photo_size(x, batch_size or 32)
+        if not isinstance(x, (list, tuple)):
+            return super().predict(
+                x, batch_size=batch_size, verbose=verbose, steps=steps, callbacks=callbacks
+            )
+        letterboxed, scales, sizes = self.image_converter.letterbox_each(x)
+        answers = super().predict(
+            letterboxed, batch_size=batch_size, verbose=verbose, steps=steps, callbacks=callbacks
+        )
+        return self._to_photos(answers, scales, sizes)
+
+    def predict_on_batch(self, x):
+        _check_photos(x)
+        if self.image_converter.image_size is None:
+            return self._predict_at_photo_size(x, len(x))
+        if not isinstance(x, (list, tuple)):
+            return super().predict_on_batch(x)
+        letterboxed, scales, sizes = self.image_converter.letterbox_each(x)
+        return self._to_photos(super().predict_on_batch(letterboxed), scales, sizes)
+
+    def _predict_at_photo_size(self, photos, batch_size):
+        """A model built for dynamic input: each batch padded to its own size and run outside
+        Keras' compiled predict, whose retracing turns the traced sizes into unknowns (and
+        decoding places its anchors from the size)."""
+        chunks = []
+        for start in range(0, len(photos), batch_size):
+            letterboxed, scales, sizes = self.image_converter.letterbox_each(
+                photos[start : start + batch_size]
+            )
+            raw = self(normalise_image(letterboxed), training=False)
+            answers = self.decode_predictions(raw, letterboxed.shape[1:3])
+            chunks.append({key: ops.convert_to_numpy(value) for key, value in answers.items()})
+            chunks[-1] = self._to_photos(chunks[-1], scales, sizes)
+        return {key: np.concatenate([chunk[key] for chunk in chunks]) for key in chunks[0]}
+
+    @staticmethod
+    def _to_photos(answers, scales, sizes):
+        """Answers for letterboxed copies of a list of photos -> each photo's pixels."""
+        if "boxes" in answers:
+            answers["boxes"] = ops.convert_to_numpy(boxes_to_original(answers["boxes"], scales, sizes))
+        return answers
+
+    # === Training ===
+    def fit(self, *args, **kwargs):
+        self._build_optimizer()
+        return super().fit(*args, **kwargs)
+
+    def train_on_batch(self, *args, **kwargs):
+        self._build_optimizer()
+        return super().train_on_batch(*args, **kwargs)
+
+    def _build_optimizer(self):
+        """Creates the optimizer's slots for the variables trainable now, before the first
+        traced step: a variable created while tracing makes tf.function trace the whole
+        training step twice. Not in compile(), so that freezing a part after compile()
+        still leaves it without slots."""
+        if self.optimizer is None or self.optimizer.built:
+            return
+        strategy = getattr(self, "distribute_strategy", None)  # TensorFlow's trainer only
+        with strategy.scope() if strategy is not None else contextlib.nullcontext():
+            self.optimizer.build(self.trainable_variables)
+
+    # === Serialization ===
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
+            "backbone": keras.saving.serialize_keras_object(self.backbone),
+            "image_converter": keras.saving.serialize_keras_object(self.image_converter),
+            **self.task_config(),
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["dtype"] = keras.dtype_policies.deserialize(config["dtype"]) if config.get("dtype") else None
+        return cls(**config)

@@ -1,0 +1,136 @@
+"""Shared test helpers: tiny detectors, synthetic batches, images and an AP50 scorer.
+
+Test modules import from here (never from each other), so each one can be read alone.
+"""
+
+import io
+
+import keras
+import numpy as np
+from PIL import Image
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from spinenet_tf import RetinaNet, SpineNet
+from spinenet_tf.layers.image_converter import normalise_image
+
+SIZE = 128
+# A 7-block scale-permuted network with outputs L3..L7: tracing a training step of it
+# costs half of SpineNet-49's, for tests of mechanics rather than of the architecture.
+SMALL_BLOCK_SPECS = [
+    [3, "bottleneck", [0, 1], False],
+    [5, "residual", [1, 2], False],
+    [3, "bottleneck", [2, 3], True],
+    [4, "bottleneck", [2, 3], True],
+    [5, "bottleneck", [3, 5], True],
+    [6, "bottleneck", [3, 6], True],
+    [7, "bottleneck", [5, 6], True],
+]
+
+
+def tiny_detector(num_classes=3, block_specs=SMALL_BLOCK_SPECS, **kwargs):
+    backbone = SpineNet(
+        "49",
+        filter_size_scale=0.25,
+        endpoints_num_filters=32,
+        norm_momentum=0.9,
+        image_shape=(SIZE, SIZE, 3),
+        block_specs=block_specs,
+    )
+    defaults = dict(num_convs=2, num_filters=32, norm_momentum=0.9)
+    return RetinaNet(backbone, num_classes, **{**defaults, **kwargs})
+
+
+def synthetic_photos(num_images, boxes_per_image=2, max_boxes=4, seed=0):
+    """uint8 photos of coloured rectangles on dark noise (class c paints channel c - 1) and
+    their labels {"boxes" [B, max_boxes, 4] pixels, "classes" [B, max_boxes], -1 padding}."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 50, (num_images, SIZE, SIZE, 3)).astype("uint8")
+    boxes = np.zeros((num_images, max_boxes, 4), "float32")
+    classes = np.full((num_images, max_boxes), -1, "int32")
+    for i in range(num_images):
+        for j in range(boxes_per_image):
+            h, w = rng.integers(20, 56, 2)
+            y, x = rng.integers(0, SIZE - h), rng.integers(0, SIZE - w)
+            c = int(rng.integers(1, 3))
+            images[i, y : y + h, x : x + w, c - 1] = 255
+            boxes[i, j], classes[i, j] = [y, x, y + h, x + w], c
+    return images, {"boxes": boxes, "classes": classes}
+
+
+def synthetic_batch(num_images, boxes_per_image=2, max_boxes=4, seed=0):
+    """`synthetic_photos` as the training pipeline gives them to `fit`: normalised floats."""
+    photos, labels = synthetic_photos(num_images, boxes_per_image, max_boxes, seed)
+    return keras.ops.convert_to_numpy(normalise_image(photos)), labels
+
+
+def repeated(images, labels, times):
+    """The same batch `times` over, so that one fit() epoch runs `times` steps."""
+    return np.concatenate([images] * times), {k: np.concatenate([v] * times) for k, v in labels.items()}
+
+
+def ap50(labels, detections):
+    """COCO AP at IoU 0.5 of detections against labels, with pycocotools."""
+    images, annotations, results = [], [], []
+    for i, (boxes, classes) in enumerate(zip(labels["boxes"], labels["classes"])):
+        images.append({"id": i, "height": SIZE, "width": SIZE})
+        for box, cls in zip(boxes, classes):
+            if cls >= 0:
+                y0, x0, y1, x1 = box.tolist()
+                annotations.append(
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": i,
+                        "category_id": int(cls),
+                        "bbox": [x0, y0, x1 - x0, y1 - y0],
+                        "area": (x1 - x0) * (y1 - y0),
+                        "iscrowd": 0,
+                    }
+                )
+        for k in range(int(detections["num_detections"][i])):
+            y0, x0, y1, x1 = detections["boxes"][i, k].tolist()
+            results.append(
+                {
+                    "image_id": i,
+                    "category_id": int(detections["classes"][i, k]),
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "score": float(detections["scores"][i, k]),
+                }
+            )
+    truth = COCO()
+    truth.dataset = {"images": images, "annotations": annotations, "categories": [{"id": 1}, {"id": 2}]}
+    truth.createIndex()
+    evaluation = COCOeval(truth, truth.loadRes(results), "bbox")
+    evaluation.evaluate()
+    evaluation.accumulate()
+    evaluation.summarize()
+    return evaluation.stats[1]
+
+
+def spread_detector(seed=0):
+    """tiny_detector (128 px, 3 classes) with random prediction convs: many distinct detections."""
+    keras.utils.set_random_seed(seed)
+    model = tiny_detector(num_classes=3)
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if layer.name.endswith("_predict"):
+            kernel, bias = layer.get_weights()
+            layer.set_weights([rng.normal(0, 0.05, kernel.shape).astype("float32"), np.zeros_like(bias)])
+    return model
+
+
+def random_image(height, width, seed=0):
+    """A uint8 image with rectangles on noise, so the network sees structure."""
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 60, (height, width, 3), dtype=np.uint8)
+    for _ in range(4):
+        h, w = rng.integers(10, max(11, height // 2)), rng.integers(10, max(11, width // 2))
+        y, x = rng.integers(0, height - h), rng.integers(0, width - w)
+        image[y : y + h, x : x + w, rng.integers(0, 3)] = 255
+    return image
+
+
+def encode(image, image_format="PNG"):
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format=image_format)
+    return buffer.getvalue()
