@@ -113,8 +113,6 @@ def eval_command(args):
 def export_command(args):
     from spinenet_tf.export.from_run import export_run
 
-    if args.format == "saved_model" and args.quantize != "none":
-        raise ConfigError("--quantize applies to --format tflite; a SavedModel is float32.")
     path, checkpoint = export_run(
         args.model_dir,
         args.out,

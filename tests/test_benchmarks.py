@@ -113,6 +113,7 @@ def tiny_coco(tmp_path_factory):
     )
 
 
+@pytest.mark.slow  # about a minute on 2 cores: `make test-all`
 def test_cpu_inference_benchmark_times_every_mode_and_saves_json(tmp_path):
     out = tmp_path / "BENCHMARKS.md"
     cpu_inference.main(
@@ -161,6 +162,7 @@ def test_a_server_that_dies_reports_its_last_log_line():
     server.close()
 
 
+@pytest.mark.slow  # about a minute on 2 cores: `make test-all`
 def test_training_throughput_benchmark_measures_a_training_step(tmp_path):
     out = tmp_path / "BENCHMARKS.md"
     training_throughput.main(
@@ -219,6 +221,7 @@ def test_accelerator_suite_runs_on_jax_at_a_tiny_size(tmp_path):
     )
 
 
+@pytest.mark.slow  # about a minute on 2 cores: `make test-all`
 def test_accuracy_budget_trains_evaluates_and_saves_json(tmp_path, tiny_coco):
     out = tmp_path / "BENCHMARKS.md"
     train, val = tiny_coco["train"], tiny_coco["val"]

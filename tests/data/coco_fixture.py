@@ -37,17 +37,21 @@ def write_coco(root, images, categories=(1, 2, 3), extra_annotations=(), image_f
         data["images"].append({"id": image_id, "file_name": file_name, "height": height, "width": width})
         for category, (x, y, w, h), crowd in objects:
             polygon = [x, y, x + w, y, x + w, y + h, x, y + h]
-            data["annotations"].append(
-                {
-                    "id": len(data["annotations"]) + 1,
-                    "image_id": image_id,
-                    "category_id": category,
-                    "bbox": [x, y, w, h],
-                    "area": w * h,
-                    "iscrowd": crowd,
-                    "segmentation": [polygon],
-                }
-            )
+            entry = annotation(len(data["annotations"]) + 1, image_id, category, [x, y, w, h], crowd)
+            data["annotations"].append({**entry, "segmentation": [polygon]})
     annotations_file = root / "instances.json"
     annotations_file.write_text(json.dumps(data))
     return images_dir, annotations_file
+
+
+def annotation(annotation_id, image_id, category, bbox, crowd=0):
+    """A COCO annotation entry for an [x, y, w, h] box."""
+    x, y, w, h = bbox
+    return {
+        "id": annotation_id,
+        "image_id": image_id,
+        "category_id": category,
+        "bbox": [x, y, w, h],
+        "area": w * h,
+        "iscrowd": crowd,
+    }

@@ -12,6 +12,7 @@ from pycocotools.cocoeval import COCOeval
 
 from spinenet_tf.errors import DataError
 from spinenet_tf.evaluation import COCO_METRIC_NAMES, CocoEvaluator
+from tests.data.coco_fixture import annotation
 
 # (image id, height, width, [(category id, [x, y, w, h]), ...]) covering small, medium and large objects.
 IMAGES = [
@@ -27,17 +28,8 @@ def coco_dict(images=IMAGES, categories=(1, 2, 3)):
     data = {"images": [], "annotations": [], "categories": [{"id": c, "name": f"c{c}"} for c in categories]}
     for image_id, height, width, objects in images:
         data["images"].append({"id": image_id, "height": height, "width": width})
-        for category, (x, y, w, h) in objects:
-            data["annotations"].append(
-                {
-                    "id": len(data["annotations"]) + 1,
-                    "image_id": image_id,
-                    "category_id": category,
-                    "bbox": [x, y, w, h],
-                    "area": w * h,
-                    "iscrowd": 0,
-                }
-            )
+        for category, bbox in objects:
+            data["annotations"].append(annotation(len(data["annotations"]) + 1, image_id, category, bbox))
     return data
 
 

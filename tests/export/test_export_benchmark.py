@@ -1,8 +1,11 @@
 """Smoke test: the export-formats benchmark runs on a tiny run and writes its section."""
 
+import pytest
+
 from benchmarks import export_formats
 
 
+@pytest.mark.slow  # about a minute on 2 cores: `make test-all`
 def test_export_formats_benchmark_writes_its_section(run_dir, tmp_path):
     out = tmp_path / "BENCHMARKS.md"
     results = export_formats.main(
