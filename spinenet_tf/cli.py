@@ -129,6 +129,8 @@ def _read_image(path):
     import numpy as np
     import tensorflow as tf
 
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: no such file")
     try:
         data = tf.io.read_file(path)
         return np.asarray(tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False))
