@@ -37,6 +37,8 @@ def _check_photos(x):
                 + (f"photo {bad} of the list has shape {shapes[bad]}." if x else "got an empty list.")
             )
         return
+    if not hasattr(x, "shape"):  # a tf.data.Dataset or a generator: Keras checks its batches
+        return
     shape = tuple(x.shape)
     if len(shape) == 3 and shape[-1] == 3:
         raise ModelError(
@@ -114,8 +116,8 @@ class Task(keras.Model):
             )
             raw = self(normalise_image(letterboxed), training=False)
             answers = self.decode_predictions(raw, letterboxed.shape[1:3])
-            chunks.append({key: ops.convert_to_numpy(value) for key, value in answers.items()})
-            chunks[-1] = self._to_photos(chunks[-1], scales, sizes)
+            answers = {key: ops.convert_to_numpy(value) for key, value in answers.items()}
+            chunks.append(self._to_photos(answers, scales, sizes))
         return {key: np.concatenate([chunk[key] for chunk in chunks]) for key in chunks[0]}
 
     @staticmethod

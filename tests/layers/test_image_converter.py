@@ -111,3 +111,12 @@ def test_photos_of_a_wrong_shape_are_named(photos, message):
 def test_photos_scaled_to_one_get_a_warning():
     with pytest.warns(UserWarning, match="takes pixel values 0..255"):
         spread_detector().predict(np.full((1, 64, 64, 3), 0.5, np.float32), verbose=0)
+
+
+def test_a_dataset_of_photos_predicts_like_the_array():
+    model = spread_detector()
+    photos = np.stack([random_image(150, 90, seed=n) for n in range(3)])
+    from_dataset = model.predict(tf.data.Dataset.from_tensor_slices(photos).batch(2), verbose=0)
+    from_array = model.predict(photos, verbose=0)
+    np.testing.assert_allclose(from_dataset["boxes"], from_array["boxes"], atol=1e-3)
+    assert from_array["boxes"][..., 2].max() > 100  # in the 150 px photo's pixels, not the 128 px input's
