@@ -83,27 +83,27 @@ class Task(keras.Model):
 
     def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
         """Answers for photos: a batch [B, H, W, 3] of one size or a list of [H, W, 3]."""
-        _check_photos(x)
-        if self.image_converter.image_size is None:
-            return self._predict_at_photo_size(x, batch_size or 32)
-        if not isinstance(x, (list, tuple)):
-            return super().predict(
-                x, batch_size=batch_size, verbose=verbose, steps=steps, callbacks=callbacks
+
+        def run(inputs):
+            return super(Task, self).predict(
+                inputs, batch_size=batch_size, verbose=verbose, steps=steps, callbacks=callbacks
             )
-        letterboxed, scales, sizes = self.image_converter.letterbox_each(x)
-        answers = super().predict(
-            letterboxed, batch_size=batch_size, verbose=verbose, steps=steps, callbacks=callbacks
-        )
-        return self._to_photos(answers, scales, sizes)
+
+        return self._answer_photos(x, run, batch_size or 32)
 
     def predict_on_batch(self, x):
+        return self._answer_photos(x, super().predict_on_batch, len(x))
+
+    def _answer_photos(self, x, run, batch_size):
+        """`run` (Keras' predict or predict_on_batch) on photos: a batch of one size as it is
+        (the predict step letterboxes it), a list letterboxed here into one batch."""
         _check_photos(x)
         if self.image_converter.image_size is None:
-            return self._predict_at_photo_size(x, len(x))
+            return self._predict_at_photo_size(x, batch_size)
         if not isinstance(x, (list, tuple)):
-            return super().predict_on_batch(x)
+            return run(x)
         letterboxed, scales, sizes = self.image_converter.letterbox_each(x)
-        return self._to_photos(super().predict_on_batch(letterboxed), scales, sizes)
+        return self._to_photos(run(letterboxed), scales, sizes)
 
     def _predict_at_photo_size(self, photos, batch_size):
         """A model built for dynamic input: each batch padded to its own size and run outside

@@ -124,10 +124,11 @@ def load_annotations(annotations_file, required_fields=None):
     return data
 
 
-def category_names(annotations_file):
-    """{category id: name} of a COCO instances file; the id as text where a category has no name."""
-    categories = load_annotations(annotations_file)["categories"]
-    return {int(category["id"]): str(category.get("name", category["id"])) for category in categories}
+def category_names(annotations):
+    """{category id: name} of a COCO instances file (or its parsed JSON); the id as text where a
+    category has no name."""
+    data = annotations if isinstance(annotations, dict) else load_annotations(annotations)
+    return {int(category["id"]): str(category.get("name", category["id"])) for category in data["categories"]}
 
 
 def _jpeg_scan_start(data):

@@ -16,6 +16,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from spinenet_tf.errors import ModelError
+
 # ImageNet statistics in 0..255 RGB, the normalisation of Model Garden's detectors.
 MEAN_RGB = (123.675, 116.28, 103.53)
 STDDEV_RGB = (58.395, 57.12, 57.375)
@@ -132,20 +134,17 @@ class ImageConverter:
         multiple = self.size_multiple
         return multiple * math.ceil(height / multiple), multiple * math.ceil(width / multiple)
 
-    def __call__(self, images, target_size=None):
-        """Images [B, H, W, 3] of one size -> (normalised model input, scale (y, x)).
-
-        `target_size` defaults to `self.target_size` of the images' static size.
-        """
-        if target_size is None:
+    def __call__(self, images):
+        """Images [B, H, W, 3] of one size -> (normalised model input, scale (y, x))."""
+        if self.image_size is not None:
+            target_size = self.image_size  # the photos' size may be unknown until the graph runs
+        else:
             height, width = images.shape[1:3]
             if height is None or width is None:
-                if self.image_size is None:
-                    raise ValueError(
-                        "A model built for dynamic input sizes its input from the photos: their height "
-                        "and width must be known when the graph is traced."
-                    )
-                height = width = 1  # ignored: the model's size is fixed
+                raise ModelError(
+                    "A model built for dynamic input sizes its input from the photos: their height "
+                    "and width must be known when the graph is traced."
+                )
             target_size = self.target_size(height, width)
         letterboxed, scale = letterbox(images, target_size, resize=self.image_size is not None)
         return normalise_image(letterboxed), scale
@@ -154,7 +153,7 @@ class ImageConverter:
         """A list of photos of different sizes -> (float32 numpy [N, S_h, S_w, 3] 0..255 letterboxed,
         scales [N, 2], original sizes [N, 2]); a dynamic model pads all to the largest."""
         sizes = np.array([np.shape(image)[:2] for image in images], np.int32).reshape(-1, 2)
-        target = self.target_size(*(int(size) for size in sizes.max(axis=0))) if len(sizes) else (1, 1)
+        target = self.target_size(*(int(size) for size in sizes.max(axis=0)))
         letterboxed, scales = [], []
         for image in images:
             boxed, scale = letterbox(

@@ -285,10 +285,10 @@ def run_config_path(model_dir):
     return path
 
 
-def _ground_truth(annotations_file, image_ids):
+def _ground_truth(annotations, image_ids):
     """{image id: {"boxes" [K, 4] ymin, xmin, ymax, xmax pixels, "classes" [K]}} for `image_ids`."""
     wanted = {int(image_id): ([], []) for image_id in image_ids}
-    for annotation in load_annotations(annotations_file)["annotations"]:
+    for annotation in annotations["annotations"]:
         if annotation["image_id"] in wanted:
             x, y, width, height = annotation["bbox"]
             wanted[annotation["image_id"]][0].append([y, x, y + height, x + width])
@@ -304,8 +304,9 @@ def _ground_truth(annotations_file, image_ids):
 
 def _eval_images(examples, annotations_file, min_score=EVAL_IMAGE_MIN_SCORE):
     """[N, H, W, 3] uint8: each example's ground truth and detections side by side, padded to one size."""
-    ground_truth = _ground_truth(annotations_file, [image_id for image_id, _, _ in examples])
-    names = category_names(annotations_file)
+    annotations = load_annotations(annotations_file)  # read once for the boxes and the names
+    ground_truth = _ground_truth(annotations, [image_id for image_id, _, _ in examples])
+    names = category_names(annotations)
     pictures = [
         np.asarray(draw_ground_truth_and_detections(photo, ground_truth[image_id], found, names, min_score))
         for image_id, photo, found in examples
