@@ -11,6 +11,8 @@ MODEL_DIR ?= runs/$(basename $(notdir $(CONFIG)))
 # `make export` exports MODEL_DIR's latest checkpoint to export/NAME (SavedModel + TFLite).
 NAME ?= $(basename $(notdir $(CONFIG)))
 QUANTIZE ?= none
+# `make bench TPU_REPO=path`: a tensorflow/tpu checkout, for the TPU-format conversion row.
+TPU_REPO ?=
 # Tests are tiny models; two workers use both cores of a small machine.
 PYTEST_WORKERS ?= 2
 
@@ -47,6 +49,7 @@ bench: install
 	$(BIN)/python -m benchmarks.training_throughput
 	KERAS_BACKEND=jax $(BIN)/python -m benchmarks.accelerator_throughput
 	$(BIN)/python -m benchmarks.accuracy_budget
+	$(BIN)/python -m benchmarks.checkpoint_conversion $(if $(TPU_REPO),--tpu-repo $(TPU_REPO))
 	$(BIN)/python -m benchmarks.plot
 	$(BIN)/python -m benchmarks.export_formats --model-dir $(MODEL_DIR)
 

@@ -22,6 +22,7 @@ _EXPORTS = {
     "SpineNet": "spinenet_tf.backbones.spinenet",
     "build_backbone": "spinenet_tf.builders",
     "build_detector": "spinenet_tf.builders",
+    "preset_names": "spinenet_tf.pretrained.presets",
     "profile": "spinenet_tf.profile",
 }
 

@@ -1,4 +1,4 @@
-"""The `spinenet` console script: train, eval, export, predict, data, arch.
+"""The `spinenet` console script: train, eval, export, predict, convert, presets, data, arch.
 
 Each command imports what it needs inside its function, so `spinenet --help` and
 `spinenet arch` answer without loading TensorFlow, and TensorFlow's C++ start-up logs can
@@ -143,10 +143,12 @@ def predict_command(args):
     import json
     import os
 
-    from spinenet_tf.export.predictor import load_predictor
+    from spinenet_tf.export.predictor import load_predictor, preset_predictor
     from spinenet_tf.viz.detections import draw_detections
 
-    predictor = load_predictor(args.model)
+    if args.checkpoint and not args.preset:
+        raise ModelError("--checkpoint is the local copy of a --preset's checkpoint; give --preset too.")
+    predictor = preset_predictor(args.preset, args.checkpoint) if args.preset else load_predictor(args.model)
     os.makedirs(args.out, exist_ok=True)
     results, failures = [], 0
     for path in args.images:
@@ -175,9 +177,40 @@ def predict_command(args):
         )
         print(f"{path}: {len(found)} detections -> {os.path.join(args.out, stem + '.png')}")
     with open(os.path.join(args.out, "detections.json"), "w") as f:
-        json.dump({"model": args.model, "images": results}, f, indent=1)
+        source = {"preset": args.preset} if args.preset else {"model": args.model}
+        json.dump({**source, "images": results}, f, indent=1)
     if failures:
         raise SystemExit(f"spinenet predict: {failures} of {len(args.images)} images could not be read.")
+
+
+def convert_command(args):
+    from spinenet_tf.pretrained.convert import convert_checkpoint
+
+    _, report = convert_checkpoint(
+        args.checkpoint, args.source_format, args.config, args.out, args.modules, args.set
+    )
+    print(report.summary())
+    print(f"wrote {args.out}")
+
+
+def presets_command(args):
+    from spinenet_tf.pretrained.presets import PRESETS, TASKS
+
+    rows = [("preset", "source", "input", "published", "params", "available")]
+    for preset in PRESETS:
+        rows.append(
+            (
+                preset.name,
+                preset.source_format,
+                str(preset.image_size),
+                f"{preset.published_ap} {preset.metric}",
+                f"{preset.params_m} M",
+                "yes" if preset.available else f"no: needs {TASKS[preset.task][1]}",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
 
 
 def build_parser():
@@ -252,11 +285,51 @@ def build_parser():
     export.add_argument("--version", type=int, help="SavedModel version (default: the next free one)")
     export.add_argument("--calibration-images", type=int, default=100, help="int8 calibration images")
 
-    predict = add_command("predict", predict_command, "run an exported model on images; PNGs and JSON out")
-    predict.add_argument("--model", required=True, help="a SavedModel directory or a .tflite file")
+    predict = add_command(
+        "predict", predict_command, "run an exported model or a preset on images; PNGs and JSON out"
+    )
+    model = predict.add_mutually_exclusive_group(required=True)
+    model.add_argument("--model", help="a SavedModel directory or a .tflite file")
+    model.add_argument(
+        "--preset", help="a published checkpoint (see `spinenet presets`), downloaded and converted once"
+    )
+    predict.add_argument(
+        "--checkpoint", help="with --preset: a local copy of its archive or checkpoint (no download)"
+    )
     predict.add_argument("images", nargs="+", help="image files (JPEG, PNG, GIF, BMP)")
     predict.add_argument("--out", required=True, help="directory for the drawn PNGs and detections.json")
     predict.add_argument("--min-score", type=float, default=0.3, help="detections below it are left out")
+
+    convert = add_command(
+        "convert", convert_command, "convert a published Model Garden or tensorflow/tpu checkpoint to .keras"
+    )
+    convert.add_argument(
+        "--from",
+        dest="source_format",
+        required=True,
+        metavar="{model-garden,tpu}",
+        help="the code base that wrote the checkpoint: TF Model Garden (TF2) or tensorflow/tpu (TF1)",
+    )
+    convert.add_argument("checkpoint", help="checkpoint prefix, its .index file, or a directory holding it")
+    convert.add_argument(
+        "--config",
+        required=True,
+        help="the experiment (name or YAML) of the checkpoint's architecture, e.g. retinanet/spinenet49_coco",
+    )
+    convert.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value"
+    )
+    convert.add_argument(
+        "--modules",
+        metavar="{all,backbone}",
+        default="all",
+        help="load the whole detector, or the backbone only (the head keeps its initialisation)",
+    )
+    convert.add_argument("--out", required=True, help="the .keras file to write")
+
+    add_command(
+        "presets", presets_command, "list the published checkpoints that --preset and from_preset load", False
+    )
 
     data = commands.add_parser(
         "data", help="datasets: the embedded synthetic set, COCO -> TFRecord", parents=[common]
@@ -269,18 +342,18 @@ def build_parser():
     synthetic.add_argument("--num-train", type=int, default=1000)
     synthetic.add_argument("--num-val", type=int, default=200)
     synthetic.add_argument("--seed", type=int, default=0)
-    convert = add_command(
+    to_tfrecord = add_command(
         "coco-to-tfrecord",
         data_coco_to_tfrecord,
         "convert a COCO split to TFRecord shards",
         True,
         data_commands,
     )
-    convert.add_argument("--images", required=True, help="directory the file_names are relative to")
-    convert.add_argument("--annotations", required=True, help="COCO instances JSON")
-    convert.add_argument("--out", required=True, help="output prefix: PREFIX-00000-of-0000N.tfrecord")
-    convert.add_argument("--shards", type=int, default=1)
-    convert.add_argument("--no-masks", action="store_true", help="leave instance masks out")
+    to_tfrecord.add_argument("--images", required=True, help="directory the file_names are relative to")
+    to_tfrecord.add_argument("--annotations", required=True, help="COCO instances JSON")
+    to_tfrecord.add_argument("--out", required=True, help="output prefix: PREFIX-00000-of-0000N.tfrecord")
+    to_tfrecord.add_argument("--shards", type=int, default=1)
+    to_tfrecord.add_argument("--no-masks", action="store_true", help="leave instance masks out")
     return parser
 
 

@@ -147,6 +147,20 @@ class Task(keras.Model):
         with strategy.scope() if strategy is not None else contextlib.nullcontext():
             self.optimizer.build(self.trainable_variables)
 
+    # === Published weights ===
+    @classmethod
+    def from_preset(cls, name, checkpoint=None, cache_dir=None):
+        """The model of a published checkpoint (`spinenet_tf.preset_names()`), downloaded and
+        converted on first use, then loaded from `cache_dir` (default ~/.cache/spinenet_tf/presets).
+
+        `checkpoint`: a local copy of the preset's archive (.tar.gz), checkpoint prefix or
+        directory, used instead of the download on a machine without network.
+        """
+        from spinenet_tf.pretrained.presets import get_preset, preset_model  # loads TensorFlow on use
+
+        get_preset(name).check_loadable(cls.__name__)
+        return preset_model(name, checkpoint, cache_dir)
+
     # === Serialization ===
     def get_config(self):
         return {

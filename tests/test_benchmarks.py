@@ -13,6 +13,7 @@ from benchmarks import (
     accelerator_throughput,
     accuracy_budget,
     backbone_table,
+    checkpoint_conversion,
     cpu_inference,
     detector_table,
     input_pipeline,
@@ -20,7 +21,7 @@ from benchmarks import (
     target_assignment,
     training_throughput,
 )
-from benchmarks.model_garden import Server
+from benchmarks.model_garden import VENV, Server
 from benchmarks.report import write_section
 from benchmarks.results import load_results, save_results
 from spinenet_tf import MODEL_IDS
@@ -292,3 +293,16 @@ def test_accuracy_budget_configs_differ_only_in_the_backbone():
     assert spinenet["model"].pop("backbone") != resnet["model"].pop("backbone")
     assert spinenet == resnet
     assert (spinenet["train"]["total_steps"], spinenet["data"]["image_size"]) == (300, 256)
+
+
+@pytest.mark.slow  # about a minute: the reference writes a 115 MB checkpoint
+@pytest.mark.skipif(not (VENV / "bin" / "python").exists(), reason="needs the Model Garden virtualenv")
+def test_a_full_size_model_garden_checkpoint_converts_with_every_variable_mapped(tmp_path):
+    out = tmp_path / "BENCHMARKS.md"
+    checkpoint_conversion.main(["--out", str(out)])
+    row = next(line for line in out.read_text().splitlines() if line.startswith("| model-garden |"))
+    variables, unmapped, ours, theirs, error = [cell.strip() for cell in row.split("|")[2:7]]
+    loaded, _, total = variables.partition(" of ")
+    assert loaded == total and unmapped == "0"
+    assert int(ours.replace(",", "")) == int(theirs.replace(",", "")) == DETECTOR_REFERENCE["49"]["params"]
+    assert float(error) <= 1e-4

@@ -7,7 +7,7 @@ import keras
 from spinenet_tf import specs
 from spinenet_tf.block_graph import resolve_block_graph
 from spinenet_tf.layers.blocks import block_group
-from spinenet_tf.layers.conv_norm import ConvNormSettings, conv_norm
+from spinenet_tf.layers.conv_norm import OPS_FLAVORS, ConvNormSettings, conv_norm
 from spinenet_tf.layers.resample import resample_feature
 
 ACTIVATIONS = ("relu", "swish")
@@ -63,6 +63,9 @@ class SpineNet(keras.Model):
             rate * i / n, stem blocks none.
         sync_batch_norm: synchronise BN statistics across replicas (TF distribute).
         kernel_regularizer: None, an L2 factor, or a Keras regularizer (or its config).
+        ops_flavor: "model_garden" (TF Model Garden's ops) or "tpu" (the tensorflow/tpu
+            SpineNet's: explicit padding on strided convs, one max-pool per down-sampling),
+            for the numerics of the checkpoints each trained; same weights either way.
     """
 
     def __init__(
@@ -83,6 +86,7 @@ class SpineNet(keras.Model):
         sync_batch_norm=False,
         kernel_initializer="VarianceScaling",
         kernel_regularizer=None,
+        ops_flavor="model_garden",
         dtype=None,
         **kwargs,
     ):
@@ -91,6 +95,8 @@ class SpineNet(keras.Model):
             raise ValueError(f"Unknown SpineNet model_id {model_id!r}; use one of {specs.MODEL_IDS}.")
         if activation not in ACTIVATIONS:
             raise ValueError(f"Unknown activation {activation!r}; use one of {ACTIVATIONS}.")
+        if ops_flavor not in OPS_FLAVORS:
+            raise ValueError(f"Unknown ops_flavor {ops_flavor!r}; use one of {OPS_FLAVORS}.")
         if not 0.0 <= stochastic_depth_rate < 1.0:
             raise ValueError(f"stochastic_depth_rate must be in [0, 1), got {stochastic_depth_rate}.")
         scaling = specs.SCALING[model_id]
@@ -122,6 +128,7 @@ class SpineNet(keras.Model):
             kernel_initializer=kernel_initializer,
             kernel_regularizer=_regularizer(kernel_regularizer),
             dtype=dtype,
+            ops_flavor=ops_flavor,
         )
 
         # === Functional graph ===
@@ -181,6 +188,7 @@ class SpineNet(keras.Model):
         self.sync_batch_norm = sync_batch_norm
         self.kernel_initializer = kernel_initializer
         self.kernel_regularizer = settings.kernel_regularizer
+        self.ops_flavor = ops_flavor
         self.size_multiple = size_multiple
         self.pyramid_channels = {name: endpoints_num_filters for name in features}
         self.pyramid_strides = {f"P{level}": 2**level for level in graph.outputs}
@@ -212,6 +220,7 @@ class SpineNet(keras.Model):
                 keras.initializers.get(self.kernel_initializer)
             ),
             "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
+            "ops_flavor": self.ops_flavor,
         }
 
     @classmethod
@@ -219,3 +228,11 @@ class SpineNet(keras.Model):
         config = dict(config)
         config["dtype"] = keras.dtype_policies.deserialize(config["dtype"]) if config.get("dtype") else None
         return cls(**config)
+
+    @classmethod
+    def from_preset(cls, name, checkpoint=None, cache_dir=None):
+        """The backbone of a published detector (see `RetinaNet.from_preset`), e.g. to fine-tune
+        under a new head."""
+        from spinenet_tf.pretrained.presets import preset_model  # loads TensorFlow on use
+
+        return preset_model(name, checkpoint, cache_dir).backbone

@@ -1,7 +1,8 @@
-"""One interface over exported models: a SavedModel directory or a .tflite file.
+"""One interface over exported models (a SavedModel directory, a .tflite file) and Keras ones.
 
 `load_predictor(path)(image)` takes a uint8 [H, W, 3] image of any size and returns its
-detections in that image's pixels, as numpy arrays trimmed to the real detections.
+detections in that image's pixels, as numpy arrays trimmed to the real detections;
+`preset_predictor(name)` does the same with a pretrained preset's Keras model.
 """
 
 import json
@@ -11,10 +12,12 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from spinenet_tf.data.coco import COCO_CATEGORY_NAMES
 from spinenet_tf.export.saved_model import LABELS_FILE, latest_version_dir
 from spinenet_tf.export.serving import letterbox_uint8
 from spinenet_tf.export.tflite import TFLiteDetector
 from spinenet_tf.layers.image_converter import boxes_to_original
+from spinenet_tf.pretrained.presets import preset_model
 
 TFLITE_LABELS_FILE = "labels.json"  # beside the .tflite files
 
@@ -63,6 +66,23 @@ class TFLitePredictor:
         boxes = boxes_to_original(detections["boxes"][None], scale, image.shape[:2])[0]
         detections["boxes"] = ops.convert_to_numpy(boxes)
         return detections
+
+
+class KerasPredictor:
+    """A Keras detector (its `predict_on_batch` takes photos) with its class names."""
+
+    def __init__(self, model, labels):
+        self.model, self.labels = model, labels
+
+    def __call__(self, image):
+        answers = self.model.predict_on_batch(np.asarray(image)[None])
+        count = int(answers["num_detections"][0])
+        return {key: answers[key][0, :count] for key in ("boxes", "scores", "classes")}
+
+
+def preset_predictor(name, checkpoint=None):
+    """A preset's model (see `pretrained.presets`), labelled with COCO's category names."""
+    return KerasPredictor(preset_model(name, checkpoint), COCO_CATEGORY_NAMES)
 
 
 def load_predictor(path, num_threads=None):

@@ -2,12 +2,19 @@
 
 `ConvNormSettings` carries the options shared by every conv and norm of a model, so
 that block builders take one argument instead of re-listing seven.
+
+`ops_flavor` picks whose numerics a strided conv follows: "model_garden" pads as
+Keras' "same" (more on the bottom/right for even sizes, TF Model Garden), "tpu" pads
+(k - 1) // 2 before and the rest after, like the tensorflow/tpu SpineNet that trained
+that zoo's checkpoints. Stride-1 convs are equal under both.
 """
 
 import dataclasses
 from typing import Any
 
 import keras
+
+OPS_FLAVORS = ("model_garden", "tpu")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,13 +26,18 @@ class ConvNormSettings:
     kernel_initializer: Any = "VarianceScaling"
     kernel_regularizer: Any = None
     dtype: Any = None
+    ops_flavor: str = "model_garden"
+
+    def fixed_padding(self, kernel_size, strides):
+        """Whether a conv pads explicitly ((k - 1) // 2 before, the rest after) instead of "same"."""
+        return self.ops_flavor == "tpu" and strides > 1 and kernel_size > 1
 
     def conv(self, filters, kernel_size, name, strides=1, use_bias=False):
         return keras.layers.Conv2D(
             filters,
             kernel_size,
             strides=strides,
-            padding="same",
+            padding="valid" if self.fixed_padding(kernel_size, strides) else "same",
             use_bias=use_bias,
             # A fresh initializer per layer: a shared seeded instance would give
             # every layer the same weights.
@@ -54,6 +66,10 @@ class ConvNormSettings:
 
 def conv_norm(x, settings, filters, kernel_size, name, strides=1, activate=True):
     """Conv (no bias) -> BN -> optional activation; layers named `{name}_conv` etc."""
+    if settings.fixed_padding(kernel_size, strides):
+        before = (kernel_size - 1) // 2
+        padding = (before, kernel_size - 1 - before)
+        x = keras.layers.ZeroPadding2D((padding, padding), dtype=settings.dtype, name=f"{name}_pad")(x)
     x = settings.conv(filters, kernel_size, f"{name}_conv", strides)(x)
     x = settings.norm(f"{name}_bn")(x)
     return settings.activate(x, f"{name}_act") if activate else x

@@ -12,8 +12,10 @@ def resample_feature(
     """SpineNet's resampling: shrink width by alpha, change resolution, match width.
 
     1x1 conv to alpha * (source base width) + BN + act; down: 3x3/2 conv + BN + act,
-    then 3x3/2 max-pools for the remaining factors; up: nearest neighbour; finally a
-    1x1 conv + BN (no activation) to the target block's output width.
+    then the remaining factor by max-pooling: a 3x3/2 pool per factor 2 (Model Garden),
+    or with `settings.ops_flavor == "tpu"` one pool of stride factor / 2 (3x3 up to a
+    total factor 4, else 5x5), as the tensorflow/tpu SpineNet; up: nearest neighbour;
+    finally a 1x1 conv + BN (no activation) to the target block's output width.
     """
     source_channels = x.shape[-1]
     source_width = source_channels // 4 if source_block_type == "bottleneck" else source_channels
@@ -21,10 +23,17 @@ def resample_feature(
     x = conv_norm(x, settings, reduced, 1, f"{name}_reduce")
     if target_level > source_level:
         x = conv_norm(x, settings, reduced, 3, f"{name}_down", strides=2)
-        for step in range(target_level - source_level - 1):
+        factor = 2 ** (target_level - source_level)
+        if settings.ops_flavor == "tpu" and factor > 2:
+            pool_size = 3 if factor <= 4 else 5
             x = keras.layers.MaxPooling2D(
-                3, 2, padding="same", dtype=settings.dtype, name=f"{name}_pool{step + 1}"
+                pool_size, factor // 2, padding="same", dtype=settings.dtype, name=f"{name}_pool"
             )(x)
+        else:
+            for step in range(target_level - source_level - 1):
+                x = keras.layers.MaxPooling2D(
+                    3, 2, padding="same", dtype=settings.dtype, name=f"{name}_pool{step + 1}"
+                )(x)
     elif target_level < source_level:
         factor = 2 ** (source_level - target_level)
         x = keras.layers.UpSampling2D(

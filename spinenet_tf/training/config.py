@@ -15,6 +15,7 @@ import typing
 import yaml
 
 from spinenet_tf import builders
+from spinenet_tf.cache import cache_dir
 from spinenet_tf.data.synthetic import write_synthetic_coco
 from spinenet_tf.detection.retinanet import RetinaNet
 from spinenet_tf.errors import ConfigError
@@ -24,6 +25,7 @@ DEFAULT_EXPERIMENT = "retinanet/synthetic"
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 OPTIMIZERS = ("sgd", "adamw")
+INIT_MODULES = (("backbone",), ("all",))
 
 
 @dataclasses.dataclass
@@ -32,6 +34,16 @@ class ModelConfig:
     detector: dict = dataclasses.field(default_factory=dict)  # RetinaNet arguments
     num_classes: int = 91
     freeze_backbone: bool = False
+    # Starting weights of a fresh run (see `initialize.py`): a .keras file, a run's model dir or
+    # a preset name. A resumed run starts from its own checkpoint instead.
+    init_checkpoint: str | None = None
+    # What init_checkpoint fills: ["backbone"], or ["all"] (the class predictor stays fresh
+    # when num_classes differs). A plain string is taken as a one-item list.
+    init_modules: tuple[str, ...] | str = ("backbone",)
+
+    def __post_init__(self):
+        if isinstance(self.init_modules, str):
+            self.init_modules = (self.init_modules,)
 
 
 @dataclasses.dataclass
@@ -186,6 +198,11 @@ def _check_model(model, image_size):
     cls = builders.backbone_class(model.backbone, "model.backbone", error=ConfigError)
     _check_constructor_keys("model.backbone", backbone, cls, MANAGED_BACKBONE_ARGUMENTS)
     _check_constructor_keys("model.detector", model.detector, RetinaNet, MANAGED_DETECTOR_ARGUMENTS)
+    if model.init_modules not in INIT_MODULES:
+        raise ConfigError(
+            f"model.init_modules: {list(model.init_modules)} is not one of the allowed values "
+            f"{[list(modules) for modules in INIT_MODULES]}."
+        )
     if model.num_classes < 2:
         raise ConfigError(
             f"model.num_classes: must be >= 2 (class 0 is background), got {model.num_classes}."
@@ -349,9 +366,8 @@ def synthetic_cache_dir(arguments):
     A cache directory, not the working directory: the shipped default then trains the same
     way from any folder, and runs with the same arguments share one copy.
     """
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     name = "-".join(f"{key}{value}" for key, value in sorted(arguments.items()))
-    return os.path.join(cache, "spinenet_tf", f"synthetic-{name}")
+    return cache_dir(f"synthetic-{name}")
 
 
 def _complete_synthetic(data):

@@ -4,7 +4,8 @@
 and each interval ends with a checkpoint of weights, optimizer state and step (see
 `checkpoints.py`: written aside and renamed into place, so a write cut short never
 replaces the last good one). On start, the latest checkpoint in the model dir is restored
-and training continues from its step on the same learning-rate curve.
+and training continues from its step on the same learning-rate curve. A fresh run with
+`model.init_checkpoint` starts from those weights instead (see `initialize.py`).
 """
 
 import collections
@@ -28,6 +29,7 @@ from spinenet_tf.evaluation import CocoEvaluator
 from spinenet_tf.training.checkpoints import CheckpointDirectory
 from spinenet_tf.training.config import load_config, resolve_steps, to_dict
 from spinenet_tf.training.distribute import make_distribution
+from spinenet_tf.training.initialize import initialize_from, load_init_source
 from spinenet_tf.training.schedule import WarmupStepDecay
 from spinenet_tf.viz.detections import draw_ground_truth_and_detections
 
@@ -239,6 +241,12 @@ def train(config, model_dir, verbose=1):
     interval, total_steps = config.train.checkpoint_interval, config.train.total_steps
     if restored:
         print(f"resuming from {restored} at step {step}", flush=True)
+    elif config.model.init_checkpoint:
+        source = load_init_source(config.model.init_checkpoint)  # outside the scope: not replicated
+        with distribution.scope():
+            report = initialize_from(model, source, config.model.init_modules)
+        modules = ", ".join(config.model.init_modules)
+        print(f"initialised {modules} from {config.model.init_checkpoint}: {report}", flush=True)
     if step < total_steps:
         log_dir = os.path.join(model_dir, "logs", "train") if distribution.is_chief else None
         progress = TrainingProgress(

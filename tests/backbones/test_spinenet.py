@@ -171,6 +171,7 @@ def test_options_reach_the_layers():
         ({"min_level": 5, "max_level": 4}, "min_level=5, max_level=4"),
         ({"stochastic_depth_rate": 1.0}, r"stochastic_depth_rate must be in \[0, 1\)"),
         ({"image_shape": (128, 128)}, "image_shape must be"),
+        ({"ops_flavor": "torch"}, "Unknown ops_flavor 'torch'"),
     ],
 )
 def test_invalid_configs_name_the_problem(kwargs, message):
@@ -186,12 +187,25 @@ def test_config_and_keras_file_round_trip(tmp_path):
         activation="swish",
         block_specs=[list(spec.as_list()) for spec in SpineNet("49", **TINY).block_specs],
         image_shape=(128, 128, 3),
+        ops_flavor="tpu",
         **TINY,
     )
     run_serialization_test(model)
     # Non-trivial BN statistics, so that a reload that drops them would show.
     model(images(128, 128, batch=4), training=True)
     run_saving_test(model, images(128, 128), tmp_path)
+
+
+def test_tpu_ops_keep_the_weights_and_change_the_numbers():
+    """The tensorflow/tpu flavour only pads and pools differently (parity: tests/pretrained)."""
+    reference = SpineNet("49", image_shape=(128, 128, 3), **TINY)
+    tpu = SpineNet("49", image_shape=(128, 128, 3), ops_flavor="tpu", **TINY)
+    weights = {w.path: w for w in reference.weights}
+    assert {w.path: w.shape for w in tpu.weights} == {path: w.shape for path, w in weights.items()}
+    for weight in tpu.weights:
+        weight.assign(weights[weight.path])
+    x = images(128, 128)
+    assert not np.allclose(tpu(x)["P5"], reference(x)["P5"], atol=1e-3)
 
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])

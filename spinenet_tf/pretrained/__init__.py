@@ -1,0 +1,1 @@
+"""Published SpineNet checkpoints: reading them, mapping their variables to ours, presets."""
