@@ -205,7 +205,7 @@ def presets_command(args):
                 str(preset.image_size),
                 f"{preset.published_ap} {preset.metric}",
                 f"{preset.params_m} M",
-                "yes" if preset.available else f"no: needs {TASKS[preset.task][1]}",
+                "yes" if preset.available else f"backbone only (needs {TASKS[preset.task][1]})",
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

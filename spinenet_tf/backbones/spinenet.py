@@ -231,8 +231,9 @@ class SpineNet(keras.Model):
 
     @classmethod
     def from_preset(cls, name, checkpoint=None, cache_dir=None):
-        """The backbone of a published detector (see `RetinaNet.from_preset`), e.g. to fine-tune
-        under a new head."""
-        from spinenet_tf.pretrained.presets import preset_model  # loads TensorFlow on use
+        """The SpineNet of a published checkpoint (`spinenet_tf.preset_names()`): a detector's
+        backbone, or the backbone of a Mask R-CNN or ImageNet classifier, e.g. to fine-tune
+        under a new head. Arguments as `RetinaNet.from_preset`."""
+        from spinenet_tf.pretrained.presets import preset_backbone  # loads TensorFlow on use
 
-        return preset_model(name, checkpoint, cache_dir).backbone
+        return preset_backbone(name, checkpoint, cache_dir)

@@ -5,9 +5,10 @@ The registry is data: each `Preset` names the archive, the code base that wrote 
 overrides that make it the one trained. `preset_model` downloads the archive (Keras'
 `get_file`), extracts it, converts the checkpoint with `convert_checkpoint` and keeps the
 result as `<cache>/<name>.keras`; later calls load that file and touch neither the
-network nor TensorFlow's checkpoint reader. Presets of tasks this package does not have
-yet (Mask R-CNN, ImageNet classifiers) are listed so that the table is complete, and
-refuse to load with a message naming the missing task.
+network nor TensorFlow's checkpoint reader. Of the presets of tasks this package does
+not have yet (Mask R-CNN, ImageNet classifiers) only the backbone loads
+(`preset_backbone`, `SpineNet.from_preset`); their task model refuses with a message
+naming the missing task.
 
 This module imports neither Keras nor TensorFlow at import time: `spinenet presets` lists
 the registry without them.
@@ -107,11 +108,25 @@ def _retinanets(source_format, base_url, rows, overrides=()):
     return tuple(presets)
 
 
-def _unavailable(task, base_url, rows):
-    """Presets of a task spinenet_tf lacks, from rows (name, archive under `base_url`, input size,
-    published metric, params in M)."""
+def _backbone_sources(task, base_url, rows, overrides):
+    """Presets of a task spinenet_tf lacks, from rows (name, archive under `base_url`, model id,
+    input size, published metric, params in M [, more overrides]). Only their backbone loads
+    (`preset_backbone`): the model id's RetinaNet experiment gives its architecture, and
+    `overrides` (then the row's) the settings that code base trained it with."""
     return tuple(
-        Preset(name, task, "tpu", base_url + archive, None, None, (), *rest) for name, archive, *rest in rows
+        Preset(
+            name,
+            task,
+            "tpu",
+            base_url + archive,
+            None,  # unknown, as above
+            f"retinanet/spinenet{model_id}_coco",
+            (*overrides, *(more[0] if more else ())),
+            image_size,
+            metric,
+            params,
+        )
+        for name, archive, model_id, image_size, metric, params, *more in rows
     )
 
 
@@ -158,32 +173,58 @@ PRESETS = (
         ],
         PLAIN,
     ),
-    # tensorflow/tpu Mask R-CNN (published: box AP) and ImageNet classifiers (top-1).
-    *_unavailable(
+    # tensorflow/tpu Mask R-CNN (published: box AP; BN epsilon 1e-3, momentum 0.99; ReLU but 190's
+    # swish + stochastic depth) and ImageNet classifiers (top-1; BN 1e-5 / 0.9, swish, stochastic
+    # depth): the same SpineNet builder, so their backbones load; their heads need the tasks.
+    *_backbone_sources(
         "maskrcnn",
         TPU_URL + "maskrcnn/",
         [
-            ("maskrcnn_spinenet49_coco_tpu", "spinenet-49.tar.gz", 640, 42.8, 40.8),
-            ("maskrcnn_spinenet96_coco_tpu", "spinenet-96.tar.gz", 1024, 46.8, 55.2),
-            ("maskrcnn_spinenet143_coco_tpu", "spinenet-143.tar.gz", 1280, 48.7, 79.2),
-            ("maskrcnn_spinenet190_coco_tpu", "spinenet-190.tar.gz", 1536, 52.0, 168.2),
+            ("maskrcnn_spinenet49_coco_tpu", "spinenet-49.tar.gz", "49", 640, 42.8, 40.8, PLAIN),
+            ("maskrcnn_spinenet96_coco_tpu", "spinenet-96.tar.gz", "96", 1024, 46.8, 55.2, PLAIN),
+            ("maskrcnn_spinenet143_coco_tpu", "spinenet-143.tar.gz", "143", 1280, 48.7, 79.2, PLAIN),
+            ("maskrcnn_spinenet190_coco_tpu", "spinenet-190.tar.gz", "190", 1536, 52.0, 168.2),
         ],
+        ("model.backbone.norm_epsilon=1.0e-3", "model.backbone.norm_momentum=0.99"),
     ),
-    *_unavailable(
+    *_backbone_sources(
         "classification",
         TPU_URL + "classification/",
         [
-            ("classification_spinenet49_imagenet_tpu", "spinenet-49-best-imagenet.tar.gz", 224, 78.1, 22.1),
-            ("classification_spinenet96_imagenet_tpu", "spinenet-96-best-imagenet.tar.gz", 224, 79.4, 36.5),
-            ("classification_spinenet143_imagenet_tpu", "spinenet-143-best-imagenet.tar.gz", 224, 80.1, 60.5),
+            (
+                "classification_spinenet49_imagenet_tpu",
+                "spinenet-49-best-imagenet.tar.gz",
+                "49",
+                224,
+                78.1,
+                22.1,
+            ),
+            (
+                "classification_spinenet96_imagenet_tpu",
+                "spinenet-96-best-imagenet.tar.gz",
+                "96",
+                224,
+                79.4,
+                36.5,
+            ),
+            (
+                "classification_spinenet143_imagenet_tpu",
+                "spinenet-143-best-imagenet.tar.gz",
+                "143",
+                224,
+                80.1,
+                60.5,
+            ),
             (
                 "classification_spinenet190_imagenet_tpu",
                 "spinenet-190-best-imagenet.tar.gz",
+                "190",
                 224,
                 80.8,
                 127.1,
             ),
         ],
+        ("model.backbone.norm_epsilon=1.0e-5", "model.backbone.norm_momentum=0.9"),
     ),
 )
 
@@ -198,6 +239,29 @@ def get_preset(name):
         if preset.name == name:
             return preset
     raise ModelError(f"Unknown preset {name!r}; the presets are: {', '.join(preset_names())}.")
+
+
+def preset_weights(name, checkpoint=None, cache_dir=None):
+    """What preset `name` gives: its task model, or the backbone alone for a task that
+    spinenet_tf lacks (for `model.init_checkpoint`)."""
+    if get_preset(name).available:
+        return preset_model(name, checkpoint, cache_dir)
+    return preset_backbone(name, checkpoint, cache_dir)
+
+
+def preset_backbone(name, checkpoint=None, cache_dir=None):
+    """The SpineNet of preset `name`, with the published weights: the detector's backbone, or
+    for a task spinenet_tf lacks (Mask R-CNN, classifiers) its backbone alone, converted with
+    `modules="backbone"` and cached as `<cache_dir>/<name>.backbone.keras`. It is built at the
+    RetinaNet experiment's input size (a classifier's backbone too: it serves detection)."""
+    preset = get_preset(name)
+    if preset.available:
+        return preset_model(name, checkpoint, cache_dir).backbone
+    cache_dir = os.fspath(cache_dir or cache.cache_dir("presets"))
+    converted = os.path.join(cache_dir, f"{name}.backbone.keras")
+    if not os.path.exists(converted):
+        _convert(preset, checkpoint, cache_dir, converted, modules="backbone")
+    return _load_converted(converted)
 
 
 def preset_model(name, checkpoint=None, cache_dir=None):
@@ -218,9 +282,9 @@ def preset_model(name, checkpoint=None, cache_dir=None):
     return _load_converted(converted)
 
 
-def _convert(preset, checkpoint, cache_dir, converted):
-    """Downloads (unless `checkpoint`), extracts and converts; the archive and its files are
-    deleted once the conversion is saved."""
+def _convert(preset, checkpoint, cache_dir, converted, modules="all"):
+    """Downloads (unless `checkpoint`), extracts and converts (the backbone alone for
+    `modules="backbone"`); the archive and its files are deleted once the conversion is saved."""
     from spinenet_tf.pretrained.convert import convert_checkpoint
 
     os.makedirs(cache_dir, exist_ok=True)  # get_file falls back to /tmp for a missing directory
@@ -239,9 +303,10 @@ def _convert(preset, checkpoint, cache_dir, converted):
     else:
         source = archive
     partial = converted.removesuffix(".keras") + ".partial.keras"
-    _, report = convert_checkpoint(
-        source, preset.source_format, preset.experiment, out=partial, overrides=preset.overrides
+    model, report = convert_checkpoint(
+        source, preset.source_format, preset.experiment, modules=modules, overrides=preset.overrides
     )
+    (model if modules == "all" else model.backbone).save(partial)
     os.replace(partial, converted)
     print(f"preset {preset.name}: {report.summary()}\nsaved the converted model as {converted}")
     if extracted is not None:

@@ -137,10 +137,10 @@ def load_init_source(init_checkpoint):
                     f"model.init_checkpoint: {init_checkpoint} is a directory but not a training run with a "
                     "checkpoint (a run's model dir holds config.yaml and checkpoints/ckpt-<step>/)."
                 ) from None
-        from spinenet_tf.pretrained.presets import preset_model  # needed only for a preset name
+        from spinenet_tf.pretrained.presets import preset_weights  # needed only for a preset name
 
         try:
-            return preset_model(init_checkpoint)
+            return preset_weights(init_checkpoint)
         except (SpineNetError, OSError) as error:
             raise ConfigError(
                 f"model.init_checkpoint: {init_checkpoint!r} is not a file or directory (relative to "

@@ -12,8 +12,7 @@ from PIL import Image
 from spinenet_tf.cli import main
 from spinenet_tf.data.coco import COCO_CATEGORY_NAMES
 from spinenet_tf.pretrained import presets
-from tests.pretrained import archive_preset, fixture_experiment
-from tests.pretrained.fixtures import fixture, relative_error
+from tests.pretrained.fixtures import archive_preset, fixture, fixture_experiment, relative_error
 
 
 def run_user_error(argv, capsys):
@@ -113,4 +112,4 @@ def test_presets_lists_the_registry_without_loading_tensorflow():
         "M",
         "yes",
     ]
-    assert rows["maskrcnn_spinenet49_coco_tpu"].endswith("no: needs Mask R-CNN")
+    assert rows["maskrcnn_spinenet49_coco_tpu"].endswith("backbone only (needs Mask R-CNN)")

@@ -18,8 +18,8 @@ from spinenet_tf.pretrained import convert, presets
 from spinenet_tf.published import DETECTOR_REFERENCE
 from spinenet_tf.task import Task
 from spinenet_tf.training.config import load_config
-from tests.pretrained import archive_preset
-from tests.pretrained.fixtures import fixture, relative_error
+from spinenet_tf.training.initialize import initialize_from
+from tests.pretrained.fixtures import archive_preset, fixture, fixture_model, relative_error
 
 LEVELS = ("P3", "P4", "P5", "P6", "P7")
 
@@ -142,7 +142,7 @@ def test_an_unknown_preset_lists_the_known_ones():
     "load, name, missing",
     [
         (RetinaNet.from_preset, "maskrcnn_spinenet49_coco_tpu", "needs Mask R-CNN, not in spinenet_tf yet"),
-        (SpineNet.from_preset, "classification_spinenet96_imagenet_tpu", "needs an ImageNet classifier"),
+        (RetinaNet.from_preset, "classification_spinenet96_imagenet_tpu", "needs an ImageNet classifier"),
         (presets.preset_model, "maskrcnn_spinenet190_coco_tpu", "needs Mask R-CNN"),
     ],
 )
@@ -186,10 +186,32 @@ def test_each_available_preset_has_a_valid_experiment_at_its_input_size(preset):
     assert anchor_size == (4.0 if config.model.backbone["model_id"] in ("143", "190") else 3.0)
 
 
-def test_presets_of_missing_tasks_have_no_experiment():
-    missing = [p for p in presets.PRESETS if not p.available]
-    assert {p.task for p in missing} == {"maskrcnn", "classification"} and len(missing) == 8
-    assert all(p.experiment is None for p in missing)
+@pytest.mark.parametrize("preset", [p for p in presets.PRESETS if not p.available], ids=lambda p: p.name)
+def test_presets_of_missing_tasks_build_a_tpu_backbone_with_their_training_settings(preset):
+    config = load_config(preset.experiment, [*convert.FORMAT_OVERRIDES["tpu"], *preset.overrides])
+    backbone = config.model.backbone
+    assert f"spinenet{backbone['model_id'].lower()}_" in preset.name and backbone["ops_flavor"] == "tpu"
+    # Their configs' BN settings replace the tensorflow/tpu RetinaNet defaults (1e-4, 0.997).
+    assert (backbone["norm_epsilon"], backbone["norm_momentum"]) != (1e-4, 0.997)
+
+
+def test_a_backbone_of_a_missing_task_loads_alone_and_is_cached(tmp_path, monkeypatch):
+    """A classifier's checkpoint: its SpineNet loads (the archive here holds the tpu_49 fixture)."""
+    preset, arrays = archive_preset("tpu_49", tmp_path, "tiny_classifier_fixture", task="classification")
+    register(monkeypatch, preset)
+    with pytest.raises(ModelError, match="needs an ImageNet classifier"):
+        RetinaNet.from_preset(preset.name, cache_dir=tmp_path / "cache")
+    backbone = SpineNet.from_preset(preset.name, cache_dir=tmp_path / "cache")
+    assert isinstance(backbone, SpineNet) and backbone.ops_flavor == "tpu"
+    for level in LEVELS:
+        assert relative_error(backbone(arrays["image"], training=False)[level], arrays[level]) <= 1e-4, level
+    assert os.listdir(tmp_path / "cache") == [f"{preset.name}.backbone.keras"]
+    # ... and starts a detector's fine-tuning (model.init_checkpoint: <preset>, init_modules: [backbone]).
+    detector = fixture_model(fixture("tpu_49")[1], num_classes=3)
+    source = presets.preset_weights(preset.name, cache_dir=tmp_path / "cache")
+    report = initialize_from(detector, source, ("backbone",))
+    assert len(report.loaded) == len(detector.backbone.weights)
+    assert all(np.array_equal(a, b) for a, b in zip(detector.backbone.get_weights(), backbone.get_weights()))
 
 
 @pytest.mark.slow

@@ -24,7 +24,7 @@ from tests.training.tiny_experiment import write_experiment
 
 PREDICTOR = ("class_net_predict/bias", "class_net_predict/kernel")
 ANCHORS_PER_LOCATION = 9  # 3 scales x 3 aspect ratios
-PRESET_MODEL = "spinenet_tf.pretrained.presets.preset_model"
+PRESET_MODEL = "spinenet_tf.pretrained.presets.preset_weights"
 
 
 class StopBeforeTraining(Exception):
