@@ -111,8 +111,16 @@ def eval_command(args):
 
 
 def export_command(args):
-    from spinenet_tf.export.from_run import export_run
+    from spinenet_tf.export.from_run import export_preset, export_run
 
+    if args.preset:
+        if args.config:
+            raise ModelError("--config describes a training run; a --preset carries its own architecture.")
+        path = export_preset(args.preset, args.out, args.format, args.quantize, args.version, args.checkpoint)
+        print(f"exported preset {args.preset} -> {path}")
+        return
+    if args.checkpoint:
+        raise ModelError("--checkpoint is the local copy of a --preset's checkpoint; give --preset too.")
     path, checkpoint = export_run(
         args.model_dir,
         args.out,
@@ -271,8 +279,13 @@ def build_parser():
                 help="training progress: a bar updated in place, one line per checkpoint, or nothing",
             )
 
-    export = add_command("export", export_command, "export a training run: SavedModel (TF Serving) or TFLite")
-    export.add_argument("--model-dir", required=True, help="a training run (config.yaml and checkpoints/)")
+    export = add_command(
+        "export", export_command, "export a training run or a preset: SavedModel (TF Serving) or TFLite"
+    )
+    source = export.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model-dir", help="a training run (config.yaml and checkpoints/)")
+    source.add_argument("--preset", help="a published checkpoint (see `spinenet presets`), COCO labels")
+    export.add_argument("--checkpoint", help="with --preset: a local copy of its archive or checkpoint")
     export.add_argument("--out", required=True, help="export/<name>: SavedModel versions or .tflite files")
     export.add_argument("--format", choices=["saved_model", "tflite"], default="saved_model")
     export.add_argument(

@@ -1,9 +1,10 @@
-"""Export of a training run (its config and latest checkpoint): what `spinenet export` does."""
+"""Export of a training run (its config and latest checkpoint) or of a pretrained preset:
+what `spinenet export` does."""
 
 import itertools
 import os
 
-from spinenet_tf.data.coco import category_names
+from spinenet_tf.data.coco import COCO_CATEGORY_NAMES, category_names
 from spinenet_tf.errors import ModelError
 from spinenet_tf.export.predictor import TFLITE_LABELS_FILE
 from spinenet_tf.export.saved_model import export_saved_model, write_labels
@@ -46,17 +47,41 @@ def export_run(
     """Exports the run in `model_dir` under `out`; returns (written path, checkpoint exported)."""
     from spinenet_tf.training.trainer import load_trained_model
 
+    _check_format(export_format, quantize)
+    model, config, checkpoint = load_trained_model(model_dir, config_path)
+    calibration = representative_images(config, calibration_images) if quantize == "int8" else None
+    labels = run_category_names(config)
+    return _export(model, out, export_format, quantize, version, labels, calibration), checkpoint
+
+
+def export_preset(name, out, export_format="saved_model", quantize="none", version=None, checkpoint=None):
+    """Exports a pretrained preset's detector (COCO labels) under `out`; returns the written path.
+
+    int8 is refused: its calibration needs images, which a training run provides.
+    """
+    from spinenet_tf.pretrained.presets import preset_model
+
+    _check_format(export_format, quantize)
+    if quantize == "int8":
+        raise ModelError(
+            "--quantize int8 calibrates on a training run's images; a preset has none: export it with "
+            "--quantize fp16 or dynamic, or fine-tune it (model.init_checkpoint) and export that run."
+        )
+    return _export(preset_model(name, checkpoint), out, export_format, quantize, version, COCO_CATEGORY_NAMES)
+
+
+def _check_format(export_format, quantize):
     if export_format not in FORMATS:
         raise ModelError(f"format must be one of {FORMATS}, got {export_format!r}.")
-    model, config, checkpoint = load_trained_model(model_dir, config_path)
-    labels = run_category_names(config)
+    if export_format == "saved_model" and quantize != "none":
+        raise ModelError("SavedModel export is float32; --quantize applies to --format tflite.")
+
+
+def _export(model, out, export_format, quantize, version, labels, calibration=None):
     if export_format == "saved_model":
-        if quantize != "none":
-            raise ModelError("SavedModel export is float32; --quantize applies to --format tflite.")
-        return export_saved_model(model, out, version, labels), checkpoint
+        return export_saved_model(model, out, version, labels)
     path = os.path.join(out, tflite_file_name(quantize))
-    calibration = representative_images(config, calibration_images) if quantize == "int8" else None
     export_tflite(model, path, quantize, calibration)
     if labels:
-        write_labels(os.path.join(out, TFLITE_LABELS_FILE), labels, config.data.image_size)
-    return path, checkpoint
+        write_labels(os.path.join(out, TFLITE_LABELS_FILE), labels, model.input.shape[1])
+    return path

@@ -82,6 +82,40 @@ def test_predict_with_a_preset_writes_coco_labelled_detections(tmp_path, monkeyp
     assert Image.open(out / "street.png").size == (160, 96)
 
 
+@pytest.mark.slow  # a minute and a half on 2 cores: SavedModel export and two predict runs
+def test_an_exported_preset_serves_what_the_preset_predicts(tmp_path, monkeypatch):
+    preset, _ = archive_preset("model_garden_49", tmp_path)
+    monkeypatch.setattr(presets, "PRESETS", (*presets.PRESETS, preset))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    image = tmp_path / "street.jpg"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (120, 90, 3), np.uint8)).save(image)
+    argv = [
+        "predict",
+        "--preset",
+        preset.name,
+        str(image),
+        "--out",
+        str(tmp_path / "out"),
+        "--min-score",
+        "0",
+    ]
+    assert main(argv) == 0
+    found = json.loads((tmp_path / "out" / "detections.json").read_text())["images"][0]["detections"]
+    assert main(["export", "--preset", preset.name, "--out", str(tmp_path / "export")]) == 0
+    argv = ["predict", "--model", str(tmp_path / "export"), str(image), "--out", str(tmp_path / "served")]
+    assert main([*argv, "--min-score", "0"]) == 0
+    served = json.loads((tmp_path / "served" / "detections.json").read_text())["images"][0]["detections"]
+    assert [d["label"] for d in served] == [d["label"] for d in found]
+    np.testing.assert_allclose([d["score"] for d in served], [d["score"] for d in found], rtol=1e-4)
+    np.testing.assert_allclose([d["box_yxyx"] for d in served], [d["box_yxyx"] for d in found], atol=1e-2)
+
+
+def test_a_preset_is_not_exported_to_int8(tmp_path, capsys):
+    argv = ["export", "--preset", "retinanet_spinenet49_coco", "--out", str(tmp_path), "--format", "tflite"]
+    line = run_user_error([*argv, "--quantize", "int8"], capsys)
+    assert "int8 calibrates on a training run's images" in line and not list(tmp_path.iterdir())
+
+
 def test_predict_checkpoint_needs_a_preset(tmp_path, capsys):
     argv = ["predict", "--model", f"{tmp_path}/m", "--checkpoint", "c", "a.jpg", "--out", str(tmp_path)]
     line = run_user_error(argv, capsys)
