@@ -58,7 +58,7 @@ def _weights(keys):
 
 
 def backbone_pairs(backbone, source, names):
-    keys = [key for key in source.shapes if key.endswith(VALUE_SUFFIX)]
+    keys = [key for key in source.shapes if is_weight(key)]  # not the optimizer slots under them
     prefix = _prefix(keys, BACKBONE_PREFIXES, "backbone")
     layout = spinenet_layout(backbone)
     top, blocks = {}, collections.defaultdict(dict)
@@ -110,7 +110,7 @@ def _unit_pairs(units, layers, kind):
 
 
 def head_pairs(model, source):
-    keys = [key for key in source.shapes if key.endswith(VALUE_SUFFIX)]
+    keys = [key for key in source.shapes if is_weight(key)]  # not the optimizer slots under them
     prefix = _prefix(keys, HEAD_PREFIXES, "RetinaNet head")
     head_keys = [key for key in keys if key.startswith(prefix)]
     weights = _weights(head_keys)
@@ -151,4 +151,5 @@ def model_garden_pairs(model, backbone, source, modules):
 
 
 def is_weight(key):
+    """A model weight's key; not a step, an optimizer slot (".OPTIMIZER_SLOT/optimizer/momentum/...")."""
     return key.endswith(VALUE_SUFFIX) and key[: -len(VALUE_SUFFIX)].rpartition("/")[2] in WEIGHT_NAMES

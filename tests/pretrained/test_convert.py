@@ -25,6 +25,8 @@ def test_converted_checkpoint_computes_what_the_reference_computed(name):
     report = load_reference_checkpoint(model, checkpoint, arch["format"])
     assert report.not_loaded == [] and len(report.loaded) == len(model.weights)
     assert not report.unused["other model parts"]
+    if name.endswith("_49"):  # written with the step and momentum slots: read past, never loaded
+        assert len(report.unused["training state (step, optimizer)"]) > len(model.trainable_weights)
     features = model.backbone(expected["image"], training=False)
     outputs = model(expected["image"], training=False)
     for level in LEVELS:
