@@ -114,9 +114,10 @@ itself with random weights and random BN statistics (Model Garden: tf-models-off
 saved as its trainer does, `tf.train.Checkpoint(global_step, model, optimizer, backbone=,
 decoder=, head=)`; tensorflow/tpu: its detection code at the commit in
 tests/fixtures/pretrained/make_fixtures.py, `tf.train.Saver`, run with TensorFlow 2.20 and
-tf_keras), both with the step and the optimizer's momentum slots, which the converter reads past. The error is the largest |ours - reference| / max |reference| over the five
-pyramid levels and the raw class and box outputs on one random input. The reduced-width
-49 and 96 versions of the same comparison run in `make test` (tests/pretrained/test_convert.py)."""
+tf_keras), both with the step and the optimizer's momentum slots, which the converter reads
+past. The error is the largest |ours - reference| / max |reference| over the five pyramid
+levels and the raw class and box outputs on one random input. The reduced-width 49 and 96
+versions of the same comparison run in `make test` (tests/pretrained/test_convert.py)."""
     write_section(
         "checkpoint-conversion",
         "Published checkpoint formats: full-size conversion",
