@@ -116,7 +116,7 @@ decoder=, head=)`; tensorflow/tpu: its detection code at the commit in
 tests/fixtures/pretrained/make_fixtures.py, `tf.train.Saver`, run with TensorFlow 2.20 and
 tf_keras), both with the step and the optimizer's momentum slots, which the converter reads
 past. The error is the largest |ours - reference| / max |reference| over the five pyramid
-levels and the raw class and box outputs on one random input. The reduced-width 49 and 96
+levels and the raw class and box outputs on one random input. The reduced-width 49 and 143
 versions of the same comparison run in `make test` (tests/pretrained/test_convert.py)."""
     write_section(
         "checkpoint-conversion",

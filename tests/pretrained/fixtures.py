@@ -14,7 +14,7 @@ from spinenet_tf import RetinaNet, SpineNet
 from spinenet_tf.pretrained.presets import Preset
 
 FIXTURES = pathlib.Path(__file__).resolve().parent.parent / "fixtures" / "pretrained"
-NAMES = ("model_garden_49", "model_garden_96", "tpu_49", "tpu_96")
+NAMES = ("model_garden_49", "model_garden_143", "tpu_49", "tpu_143")
 
 
 def fixture(name):

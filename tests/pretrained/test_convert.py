@@ -59,7 +59,7 @@ def test_backbone_only_load_leaves_the_head_as_initialised_and_says_so():
 
 
 def test_a_spinenet_backbone_loads_from_a_retinanet_checkpoint():
-    checkpoint, arch, expected = fixture("tpu_96")
+    checkpoint, arch, expected = fixture("tpu_143")
     backbone = fixture_model(arch).backbone
     report = load_reference_checkpoint(backbone, checkpoint, "tpu")
     assert report.modules == "backbone" and not report.not_loaded
@@ -70,8 +70,8 @@ def test_a_spinenet_backbone_loads_from_a_retinanet_checkpoint():
     "name, change, message",
     [
         ("model_garden_49", {"block_repeats": 2}, "blocks: the checkpoint has"),
-        ("tpu_96", {"block_repeats": 1}, "the checkpoint has"),
-        ("model_garden_96", {"num_classes": 7}, "class_net_predict"),
+        ("tpu_143", {"block_repeats": 1}, "the checkpoint has"),
+        ("model_garden_143", {"num_classes": 7}, "class_net_predict"),
         ("tpu_49", {"endpoints_num_filters": 48}, "do not match"),
     ],
 )
