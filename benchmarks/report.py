@@ -16,14 +16,28 @@ HEADER = (
 
 
 def environment():
+    """The machine and versions. TensorFlow is named only where it is installed: the accelerator
+    machines run JAX without it, and a finished benchmark must still write its section there."""
     import keras
     import numpy
-    import tensorflow as tf
 
+    versions = [
+        f"Keras {keras.__version__} ({keras.backend.backend()} backend)",
+        f"NumPy {numpy.__version__}",
+    ]
+    try:
+        import tensorflow as tf
+
+        versions.insert(0, f"TensorFlow {tf.__version__}")
+    except ImportError:
+        pass
+    if keras.backend.backend() == "jax":
+        import jax
+
+        versions.insert(0, f"JAX {jax.__version__} on {jax.devices()[0].device_kind}")
     return (
         f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, "
-        f"TensorFlow {tf.__version__}, Keras {keras.__version__} ({keras.backend.backend()} backend), "
-        f"NumPy {numpy.__version__}"
+        + ", ".join(versions)
     )
 
 
