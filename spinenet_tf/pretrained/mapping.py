@@ -8,8 +8,11 @@ pair is checked, so a wrong mapping fails before it can load anything.
 import dataclasses
 
 from spinenet_tf.errors import ModelError
+from spinenet_tf.pretrained.source import numbered
 
 MAX_LISTED = 8
+CONV_KINDS = ("conv2d",)
+NORM_KINDS = ("batch_normalization", "sync_batch_normalization")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +30,21 @@ def pair_in_order(what, ours, theirs):
             "architecture (check model_id, block_repeats, filter_size_scale, min/max_level, block table)."
         )
     return list(zip(ours, theirs))
+
+
+def pair_numbered_layers(backbone, units, layers, where):
+    """Our conv+norm `units` paired with a checkpoint's numbered layers {name: {weight: key}}
+    ("conv2d", "conv2d_1", ... and "batch_normalization[_k]", in creation order) found `where`."""
+    unknown = sorted({numbered(name)[0] for name in layers} - set(CONV_KINDS + NORM_KINDS))
+    if unknown:
+        raise ModelError(f"{where}: layers of kinds {unknown}: not a SpineNet checkpoint of this format.")
+    pairs = []
+    for kinds, attribute in ((CONV_KINDS, "conv"), (NORM_KINDS, "norm")):
+        theirs = sorted((n for n in layers if numbered(n)[0] in kinds), key=lambda n: numbered(n)[1])
+        ours = [getattr(unit, attribute) for unit in units]
+        for name, layer in pair_in_order(f"{where}: {kinds[0]} layers", ours, theirs):
+            pairs.append(Pair(backbone.get_layer(name), layers[layer], f"{where}/{layer}"))
+    return pairs
 
 
 def listing(items):

@@ -20,14 +20,12 @@ import collections
 
 from spinenet_tf.errors import ModelError
 from spinenet_tf.pretrained.layout import spinenet_layout
-from spinenet_tf.pretrained.mapping import Pair, pair_in_order
+from spinenet_tf.pretrained.mapping import Pair, pair_in_order, pair_numbered_layers
 from spinenet_tf.pretrained.source import WEIGHT_NAMES, numbered
 
 BACKBONE_PREFIXES = ("backbone/", "model/_backbone/")
 HEAD_PREFIXES = ("head/", "model/_head/")
 VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
-CONV_KINDS = ("conv2d",)
-NORM_KINDS = ("batch_normalization", "sync_batch_normalization")
 BLOCK_KINDS = {"bottleneck_block": "bottleneck", "residual_block": "residual"}
 BLOCK_ATTRIBUTES = {
     "shortcut": ("_shortcut", "_norm0"),
@@ -68,22 +66,17 @@ def backbone_pairs(backbone, source, names):
             raise ModelError(f"{source.path}: the object graph does not name the variables under {path}.")
         full_name = names[next(iter(weights.values()))].split("/")
         if len(parts) == 1:  # a top-level conv or norm: full name ".../<layer>/<weight>"
-            top[full_name[-2]] = (f"{full_name[-2]} ({path})", weights)
+            top[full_name[-2]] = weights
         elif len(parts) == 2:  # inside a block: ".../<block>/<inner layer>/<weight>"
             blocks[full_name[-3]][parts[1]] = weights
         else:
             raise ModelError(f"{source.path}: unexpected backbone variable path {path}.")
-    unknown = sorted({numbered(n)[0] for n in top} - set(CONV_KINDS + NORM_KINDS)) + sorted(
-        {numbered(n)[0] for n in blocks} - set(BLOCK_KINDS)
-    )
+    unknown = sorted({numbered(n)[0] for n in blocks} - set(BLOCK_KINDS))
     if unknown:
         raise ModelError(
-            f"{source.path}: backbone layers of kinds {unknown}: not a Model Garden SpineNet checkpoint."
+            f"{source.path}: backbone blocks of kinds {unknown}: not a Model Garden SpineNet checkpoint."
         )
-    pairs = [
-        Pair(backbone.get_layer(unit), keys, name)
-        for unit, (name, keys) in _unit_pairs(layout.conv_norms(), top, "backbone")
-    ]
+    pairs = pair_numbered_layers(backbone, layout.conv_norms(), top, prefix.rstrip("/"))
     ours = collections.defaultdict(list)
     for group in layout.block_groups():
         for block in group.blocks:
@@ -100,13 +93,6 @@ def backbone_pairs(backbone, source, names):
                 pairs.append(Pair(backbone.get_layer(unit.conv), blocks[name][conv], f"{name}/{conv}"))
                 pairs.append(Pair(backbone.get_layer(unit.norm), blocks[name][norm], f"{name}/{norm}"))
     return pairs, [key for key in keys if key.startswith(prefix)]
-
-
-def _unit_pairs(units, layers, kind):
-    convs = sorted((n for n in layers if numbered(n)[0] in CONV_KINDS), key=lambda n: numbered(n)[1])
-    norms = sorted((n for n in layers if numbered(n)[0] in NORM_KINDS), key=lambda n: numbered(n)[1])
-    pairs = pair_in_order(f"{kind} convs", [u.conv for u in units], [layers[n] for n in convs])
-    return pairs + pair_in_order(f"{kind} batch norms", [u.norm for u in units], [layers[n] for n in norms])
 
 
 def head_pairs(model, source):

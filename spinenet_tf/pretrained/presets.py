@@ -85,46 +85,24 @@ class Preset:
             raise ModelError(f"Preset {self.name} is a {what}; load it with {loader}.from_preset.")
 
 
-def _retinanets(source_format, base_url, rows, overrides=()):
-    """Presets from rows (name, archive under `base_url`, model id, input size, box AP, params in M
-    [, more overrides]): the experiment is the model id's shipped one."""
-    presets = []
-    for name, archive, model_id, image_size, ap, params, *more in rows:
-        presets.append(
-            Preset(
-                name,
-                "retinanet",
-                source_format,
-                base_url + archive,
-                None,  # unknown: the registry was written without network access; fill in once hashed
-                f"retinanet/spinenet{model_id}_coco",
-                (*overrides, *(more[0] if more else ())),
-                image_size,
-                ap,
-                params,
-                SPINENET49S_NOTE if model_id == "49s" else "",
-            )
-        )
-    return tuple(presets)
-
-
-def _backbone_sources(task, base_url, rows, overrides):
-    """Presets of a task spinenet_tf lacks, from rows (name, archive under `base_url`, model id,
-    input size, published metric, params in M [, more overrides]). Only their backbone loads
-    (`preset_backbone`): the model id's RetinaNet experiment gives its architecture, and
-    `overrides` (then the row's) the settings that code base trained it with."""
+def _presets(task, source_format, base_url, rows, overrides=()):
+    """Presets from rows (name, archive under `base_url`, model id, input size, published metric,
+    params in M [, more overrides]). The model id's shipped RetinaNet experiment gives the
+    architecture (for tasks spinenet_tf lacks, their backbone's: only it loads, see
+    `preset_backbone`); `overrides`, then the row's, the settings the checkpoint was trained with."""
     return tuple(
         Preset(
             name,
             task,
-            "tpu",
+            source_format,
             base_url + archive,
-            None,  # unknown, as above
+            None,  # unknown: the registry was written without network access; fill in once hashed
             f"retinanet/spinenet{model_id}_coco",
             (*overrides, *(more[0] if more else ())),
             image_size,
             metric,
             params,
+            SPINENET49S_NOTE if task == "retinanet" and model_id == "49s" else "",
         )
         for name, archive, model_id, image_size, metric, params, *more in rows
     )
@@ -132,7 +110,8 @@ def _backbone_sources(task, base_url, rows, overrides):
 
 PRESETS = (
     # TF Model Garden (official/vision MODEL_GARDEN.md): swish, stochastic depth 0.2, 500 epochs.
-    *_retinanets(
+    *_presets(
+        "retinanet",
         "model-garden",
         MODEL_GARDEN_URL,
         [
@@ -142,7 +121,8 @@ PRESETS = (
         ],
     ),
     # tensorflow/tpu (models/official/detection/MODEL_ZOO.md), swish + stochastic depth, 500 epochs.
-    *_retinanets(
+    *_presets(
+        "retinanet",
         "tpu",
         TPU_URL + "retinanet/",
         [
@@ -162,7 +142,8 @@ PRESETS = (
         ],
     ),
     # tensorflow/tpu, plain: ReLU, no stochastic depth, 350 epochs.
-    *_retinanets(
+    *_presets(
+        "retinanet",
         "tpu",
         TPU_URL + "retinanet/",
         [
@@ -176,8 +157,9 @@ PRESETS = (
     # tensorflow/tpu Mask R-CNN (published: box AP; BN epsilon 1e-3, momentum 0.99; ReLU but 190's
     # swish + stochastic depth) and ImageNet classifiers (top-1; BN 1e-5 / 0.9, swish, stochastic
     # depth): the same SpineNet builder, so their backbones load; their heads need the tasks.
-    *_backbone_sources(
+    *_presets(
         "maskrcnn",
+        "tpu",
         TPU_URL + "maskrcnn/",
         [
             ("maskrcnn_spinenet49_coco_tpu", "spinenet-49.tar.gz", "49", 640, 42.8, 40.8, PLAIN),
@@ -187,8 +169,9 @@ PRESETS = (
         ],
         ("model.backbone.norm_epsilon=1.0e-3", "model.backbone.norm_momentum=0.99"),
     ),
-    *_backbone_sources(
+    *_presets(
         "classification",
+        "tpu",
         TPU_URL + "classification/",
         [
             (

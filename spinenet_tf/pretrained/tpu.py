@@ -20,8 +20,8 @@ import collections
 
 from spinenet_tf.errors import ModelError
 from spinenet_tf.pretrained.layout import spinenet_layout
-from spinenet_tf.pretrained.mapping import Pair, pair_in_order
-from spinenet_tf.pretrained.source import WEIGHT_NAMES, numbered
+from spinenet_tf.pretrained.mapping import Pair, pair_numbered_layers
+from spinenet_tf.pretrained.source import WEIGHT_NAMES
 
 HEAD_SCOPES = {"class_net": "retinanet/class_net", "box_net": "retinanet/box_net"}
 
@@ -47,16 +47,7 @@ def _block_units(group):
 def _scope_pairs(backbone, scope, units, layers):
     if layers is None:
         raise ModelError(f"the checkpoint has no scope {scope}/ (another block table or min/max_level?).")
-    pairs = []
-    for kinds, attribute in ((("conv2d",), "conv"), (("batch_normalization",), "norm")):
-        theirs = sorted((n for n in layers if numbered(n)[0] in kinds), key=lambda n: numbered(n)[1])
-        ours = [getattr(unit, attribute) for unit in units]
-        for name, layer in pair_in_order(f"{scope} {kinds[0]} layers", ours, theirs):
-            pairs.append(Pair(backbone.get_layer(name), layers[layer], f"{scope}/{layer}"))
-    unknown = sorted({numbered(n)[0] for n in layers} - {"conv2d", "batch_normalization"})
-    if unknown:
-        raise ModelError(f"{scope}/ has layers of kinds {unknown}: not a tensorflow/tpu SpineNet checkpoint.")
-    return pairs
+    return pair_numbered_layers(backbone, units, layers, scope)
 
 
 def tpu_pairs(model, backbone, source, modules):
