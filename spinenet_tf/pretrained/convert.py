@@ -54,9 +54,7 @@ def load_reference_checkpoint(model, checkpoint, source_format, modules="all"):
     backbone = getattr(model, "backbone", model)
     if backbone is model:
         modules = "backbone"
-    elif getattr(model, "decoder", "identity") not in ("identity", "auto") or "fpn_bn_P3" in {
-        layer.name for layer in model.layers
-    }:
+    elif model.decoder == "fpn":  # "auto" is the identity on a SpineNet
         raise ModelError("Only SpineNet RetinaNets (identity decoder) have published checkpoints to load.")
     if not hasattr(backbone, "block_specs"):
         raise ModelError(
