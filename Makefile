@@ -7,9 +7,11 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 # `make train` trains the embedded default; CONFIG=... MODEL_DIR=... for other experiments:
 # a shipped experiment's name (retinanet/spinenet49_coco, custom_small) or a YAML file.
 CONFIG ?= synthetic
-MODEL_DIR ?= runs/$(basename $(notdir $(CONFIG)))
+# The run's name: the experiment's path below experiments/ with / as - (runs/maskrcnn-synthetic).
+RUN_NAME := $(subst /,-,$(basename $(patsubst experiments/%,%,$(patsubst spinenet_tf/%,%,$(CONFIG)))))
+MODEL_DIR ?= runs/$(RUN_NAME)
 # `make export` exports MODEL_DIR's latest checkpoint to export/NAME (SavedModel + TFLite).
-NAME ?= $(basename $(notdir $(CONFIG)))
+NAME ?= $(RUN_NAME)
 QUANTIZE ?= none
 # `make bench TPU_REPO=path`: a tensorflow/tpu checkout, for the TPU-format conversion row.
 TPU_REPO ?=

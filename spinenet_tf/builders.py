@@ -11,10 +11,12 @@ import inspect
 
 from spinenet_tf.backbones.resnet import ResNet50Backbone
 from spinenet_tf.backbones.spinenet import SpineNet, spinenet_size_multiple
+from spinenet_tf.detection.mask_rcnn import MaskRCNN
 from spinenet_tf.detection.retinanet import RetinaNet
 from spinenet_tf.errors import ModelError
 
 BACKBONES = {"spinenet": SpineNet, "resnet50": ResNet50Backbone}
+DETECTORS = {"retinanet": RetinaNet, "maskrcnn": MaskRCNN}
 
 
 def constructor_arguments(function):
@@ -44,6 +46,19 @@ def backbone_class(config, key="backbone", error=ModelError):
     if kind not in BACKBONES:
         raise error(f"{key}.type: {kind!r} is not one of the allowed values {sorted(BACKBONES)}.")
     return BACKBONES[kind]
+
+
+def detector_class(kind, key="model.type", error=ModelError):
+    """The detector class of a config's "type" ("retinanet" or "maskrcnn")."""
+    if kind not in DETECTORS:
+        raise error(f"{key}: {kind!r} is not one of the allowed values {sorted(DETECTORS)}.")
+    return DETECTORS[kind]
+
+
+def predicts_masks(detector_type, detector_config):
+    """Whether a detector of this type and config has a mask head (and so trains on masks)."""
+    cls = detector_class(detector_type)
+    return bool(detector_config.get("include_mask", constructor_arguments(cls).get("include_mask", False)))
 
 
 def input_size_multiple(backbone_config):
@@ -80,7 +95,8 @@ def build_backbone(config, image_size=None, sync_batch_norm=False):
 
 
 def build_detector(config, image_size=None, sync_batch_norm=False):
-    """{"backbone": {...}, "num_classes": ..., **RetinaNet arguments} -> RetinaNet.
+    """{"type": "retinanet" | "maskrcnn", "backbone": {...}, "num_classes": ..., **detector
+    arguments} -> RetinaNet or MaskRCNN (type defaults to retinanet).
 
     `image_size` and `sync_batch_norm` are runtime options (the training app's
     `data.image_size` and `runtime.sync_batch_norm`); sync batch norm applies to the
@@ -91,8 +107,9 @@ def build_detector(config, image_size=None, sync_batch_norm=False):
     if missing:
         raise ModelError(f"A detector config needs 'backbone' and 'num_classes'; {missing} missing.")
     backbone_config = config.pop("backbone")
-    check_arguments(RetinaNet, config, "detector", managed=("backbone",))
+    cls = detector_class(config.pop("type", "retinanet"), key="detector type")
+    check_arguments(cls, config, "detector", managed=("backbone",))
     backbone = build_backbone(backbone_config, image_size, sync_batch_norm)
     if sync_batch_norm:
         config["sync_batch_norm"] = True
-    return RetinaNet(backbone=backbone, **config)
+    return cls(backbone=backbone, **config)

@@ -80,19 +80,29 @@ def _trace(model, inputs):
     return outputs, total
 
 
-def profile(model, input_shape):
-    """Counts `model`'s parameters and its MACs for one image of `input_shape`.
-
-    Args:
-        model: a functional keras.Model (nested functional models are counted too).
-        input_shape: shape of one input without the batch axis, e.g. (640, 640, 3),
-            or a list of such shapes for a model with several inputs.
-    """
+def _macs(model, input_shape):
     shapes = input_shape if isinstance(input_shape[0], (list, tuple)) else [input_shape]
     if len(shapes) != len(model.inputs):
         raise ValueError(f"{model.name} has {len(model.inputs)} inputs but {len(shapes)} shapes were given.")
     inputs = [keras.KerasTensor((1, *shape), dtype=x.dtype) for shape, x in zip(shapes, model.inputs)]
-    _, macs = _trace(model, inputs)
+    return _trace(model, inputs)[1]
+
+
+def profile(model, input_shape):
+    """Counts `model`'s parameters and its MACs for one image of `input_shape`.
+
+    Args:
+        model: a functional keras.Model (nested functional models are counted too), or a
+            model made of functional parts that lists them with `profile_parts(input_shape)`
+            as (part, its input shape, times it runs per image): a two-stage detector's
+            heads run once per RoI (the papers count 1000 proposals and 100 detections).
+        input_shape: shape of one input without the batch axis, e.g. (640, 640, 3),
+            or a list of such shapes for a model with several inputs.
+    """
+    if hasattr(model, "profile_parts"):
+        macs = sum(times * _macs(part, shape) for part, shape, times in model.profile_parts(input_shape))
+    else:
+        macs = _macs(model, input_shape)
     return ModelProfile(_count(model.trainable_weights), _count(model.non_trainable_weights), macs)
 
 

@@ -14,6 +14,11 @@ Plain data, used by the tests (exact parameter counts) and by the benchmark tabl
   model zoo's "FLOPs" column (multiply-adds), None where it has no row: its 49S row was
   measured with 256 endpoint filters (our "49S-256"), and 143L appears only in Model
   Garden's scaling table. "size": the input size of that row.
+- `TWO_STAGE_REFERENCE`: Mask R-CNN, Faster R-CNN (no mask head) and Cascade R-CNN with
+  91 outputs, Model Garden's `maskrcnn_spinenet_coco` / `cascadercnn_spinenet_coco`
+  heads. "params": Model Garden 2.20's model, to the integer ("exact"), else the model
+  zoo's rounded millions; "gmacs": the zoo's "FLOPs" (1000 proposals through each box
+  head, 100 detections through the mask head), None where it has no row.
 """
 
 MODEL_GARDEN_BACKBONE_PARAMS = {
@@ -50,3 +55,24 @@ def detector_config(name):
         backbone["endpoints_num_filters"] = 256
     head = {"49S": {"num_filters": 128}, "190": {"num_convs": 7, "num_filters": 512}}.get(model_id, {})
     return {"backbone": backbone, "num_classes": 91, **head}
+
+
+TWO_STAGE_REFERENCE = {
+    "maskrcnn-49": {"params": 40_753_521, "exact": True, "gmacs": 215.7, "size": 640},
+    "fasterrcnn-49": {"params": 38_104_854, "exact": True, "gmacs": None, "size": 640},
+    "cascadercnn-49": {"params": 71_000_263, "exact": True, "gmacs": None, "size": 640},
+    "cascadercnn-49-nomask": {"params": 68_351_596, "exact": True, "gmacs": None, "size": 640},
+    "maskrcnn-96": {"params": 55_200_000, "exact": False, "gmacs": 315.0, "size": 1024},
+    "maskrcnn-143": {"params": 79_200_000, "exact": False, "gmacs": 498.8, "size": 1280},
+}
+
+
+def two_stage_config(name):
+    """The `build_detector` config of a row of TWO_STAGE_REFERENCE."""
+    kind, model_id, *variant = name.split("-")
+    config = {"type": "maskrcnn", "backbone": {"type": "spinenet", "model_id": model_id}, "num_classes": 91}
+    if kind == "fasterrcnn" or variant == ["nomask"]:
+        config["include_mask"] = False
+    if kind == "cascadercnn":
+        config.update(cascade_iou_thresholds=[0.6, 0.7], class_agnostic_boxes=True)
+    return config

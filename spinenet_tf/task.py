@@ -61,6 +61,18 @@ class Task(keras.Model):
     image_converter)`, and provides `decode_predictions(raw_outputs, image_size)` (outputs
     in model-input pixels) and `task_config()` (its own constructor arguments)."""
 
+    @staticmethod
+    def resolve_backbone(backbone, weight_decay):
+        """The backbone (deserialised from a config dict), checked against the task's L2."""
+        if isinstance(backbone, dict):
+            backbone = keras.saving.deserialize_keras_object(backbone)
+        if weight_decay and getattr(backbone, "kernel_regularizer", None) is not None:
+            raise ModelError(
+                f"weight_decay={weight_decay} already puts L2 on every kernel, the backbone's included; the "
+                "backbone's kernel_regularizer would add it a second time. Set one of them to 0 / None."
+            )
+        return backbone
+
     def _init_task(self, backbone, image_converter):
         self.backbone = backbone
         if isinstance(image_converter, dict):
@@ -128,6 +140,48 @@ class Task(keras.Model):
         return answers
 
     # === Training ===
+    def compile(self, optimizer="auto", cross_replica_sum=None, **kwargs):
+        """Defaults to SGD with momentum 0.9, the papers' optimizer; the loss is built in.
+
+        `cross_replica_sum(value)`: under replicated data parallelism where each replica
+        runs its own step (tf.distribute), the sum of `value` over the replicas. The loss
+        uses it to normalise by the global batch (positives, replicas), so the loss and
+        gradients equal those of one process on the same batch. The trainer passes it.
+        """
+        if "loss" in kwargs:
+            raise ModelError(f"{type(self).__name__} computes its own loss; do not pass `loss` to compile().")
+        if optimizer == "auto":
+            optimizer = keras.optimizers.SGD(learning_rate=0.01, momentum=0.9, global_clipnorm=10.0)
+        decoupled = getattr(keras.optimizers.get(optimizer), "weight_decay", None)
+        if self.weight_decay and decoupled:
+            raise ModelError(
+                f"The optimizer's weight_decay={decoupled} would decay the kernels a second time: the "
+                f"model's loss already has weight_decay={self.weight_decay}. Set one of them to 0."
+            )
+        super().compile(optimizer=optimizer, **kwargs)
+        self.cross_replica_sum = cross_replica_sum
+
+    def replica_counts(self, *local_values):
+        """The global sums of per-replica values, and the replica count, in one all-reduce."""
+        local = ops.stack([*[ops.cast(value, "float32") for value in local_values], ops.ones(())])
+        cross_replica_sum = getattr(self, "cross_replica_sum", None)
+        return ops.unstack(cross_replica_sum(local) if cross_replica_sum else local)
+
+    def regularisation_loss(self):
+        """weight_decay / 2 * the sum of squared conv and dense kernels of the trainable weights
+        (L2 as in Model Garden), plus the layers' own regularisation losses."""
+        total = ops.zeros(())
+        if self.weight_decay:
+            kernels = [w for w in self.trainable_weights if w.path.endswith("kernel")]
+            total += (
+                0.5
+                * self.weight_decay
+                * ops.sum(ops.stack([ops.sum(ops.square(ops.cast(w, "float32"))) for w in kernels]))
+            )
+        if self.losses:
+            total += ops.sum(ops.stack([ops.cast(loss, "float32") for loss in self.losses]))
+        return total
+
     def fit(self, *args, **kwargs):
         self._build_optimizer()
         return super().fit(*args, **kwargs)

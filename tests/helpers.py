@@ -11,7 +11,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from spinenet_tf import RetinaNet, SpineNet
+from spinenet_tf import MaskRCNN, RetinaNet, SpineNet
 from spinenet_tf.layers.image_converter import normalise_image
 
 SIZE = 128
@@ -28,8 +28,8 @@ SMALL_BLOCK_SPECS = [
 ]
 
 
-def tiny_detector(num_classes=3, block_specs=SMALL_BLOCK_SPECS, **kwargs):
-    backbone = SpineNet(
+def tiny_backbone(block_specs=SMALL_BLOCK_SPECS):
+    return SpineNet(
         "49",
         filter_size_scale=0.25,
         endpoints_num_filters=32,
@@ -37,8 +37,63 @@ def tiny_detector(num_classes=3, block_specs=SMALL_BLOCK_SPECS, **kwargs):
         image_shape=(SIZE, SIZE, 3),
         block_specs=block_specs,
     )
+
+
+def tiny_detector(num_classes=3, block_specs=SMALL_BLOCK_SPECS, **kwargs):
+    backbone = tiny_backbone(block_specs)
     defaults = dict(num_convs=2, num_filters=32, norm_momentum=0.9)
     return RetinaNet(backbone, num_classes, **{**defaults, **kwargs})
+
+
+def tiny_mask_rcnn(num_classes=3, block_specs=SMALL_BLOCK_SPECS, **kwargs):
+    """A Mask R-CNN at test size: tiny_detector's backbone, narrow heads, few RoIs."""
+    backbone = tiny_backbone(block_specs)
+    defaults = dict(
+        rpn_num_filters=32,
+        box_head_num_convs=1,
+        box_head_num_filters=32,
+        box_head_fc_dims=64,
+        mask_head_num_convs=1,
+        mask_head_num_filters=32,
+        proposal_pre_nms_top_k=256,
+        num_proposals=64,
+        test_proposal_pre_nms_top_k=256,
+        test_num_proposals=64,
+        roi_samples=64,
+        mask_samples=16,
+        norm_momentum=0.9,
+        weight_decay=0.0,
+        seed=0,
+    )
+    return MaskRCNN(backbone, num_classes, **{**defaults, **kwargs})
+
+
+def synthetic_instances(num_images, objects_per_image=2, max_boxes=4, mask_crop_size=28, seed=0):
+    """uint8 photos of ellipses on dark noise (class c paints channel c - 1), their labels
+    {"boxes", "classes", "masks" [B, max_boxes, S, S] each ellipse cropped to its box (cell i
+    samples the box at (i + 0.5) / S)} and the full-image masks [B, max_boxes, H, W]."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 50, (num_images, SIZE, SIZE, 3)).astype("uint8")
+    boxes = np.zeros((num_images, max_boxes, 4), "float32")
+    classes = np.full((num_images, max_boxes), -1, "int32")
+    crops = np.zeros((num_images, max_boxes, mask_crop_size, mask_crop_size), "float32")
+    full = np.zeros((num_images, max_boxes, SIZE, SIZE), "uint8")
+    centres = np.arange(SIZE) + 0.5
+    steps = (np.arange(mask_crop_size) + 0.5) / mask_crop_size
+    for i in range(num_images):
+        for j in range(objects_per_image):
+            h, w = rng.integers(24, 60, 2)
+            y, x = rng.integers(0, SIZE - h), rng.integers(0, SIZE - w)
+            c = int(rng.integers(1, 3))
+
+            def inside(ys, xs, y=y, x=x, h=h, w=w):
+                return ((ys - y - h / 2) / (h / 2)) ** 2 + ((xs - x - w / 2) / (w / 2)) ** 2 <= 1.0
+
+            full[i, j] = inside(centres[:, None], centres[None, :])
+            images[i, full[i, j] > 0, c - 1] = 255
+            crops[i, j] = inside(y + h * steps[:, None], x + w * steps[None, :])
+            boxes[i, j], classes[i, j] = [y, x, y + h, x + w], c
+    return images, {"boxes": boxes, "classes": classes, "masks": crops}, full
 
 
 def synthetic_photos(num_images, boxes_per_image=2, max_boxes=4, seed=0):

@@ -1,7 +1,8 @@
 """Geometric augmentation and resizing of one example; boxes are [ymin, xmin, ymax, xmax] pixels.
 
 Masks ([K, H, W] uint8, optional) follow every geometric change of the image with
-nearest-neighbour resampling, so that copy-paste can use them afterwards.
+nearest-neighbour resampling, so that copy-paste can use them afterwards, and are
+finally cut to their boxes as the fixed-size targets of a mask head (`crop_masks`).
 """
 
 import tensorflow as tf
@@ -97,3 +98,31 @@ def pad_labels(boxes, classes, max_boxes):
     boxes = tf.pad(boxes, [[0, padding], [0, 0]])
     classes = tf.pad(classes, [[0, padding]], constant_values=-1)
     return tf.ensure_shape(boxes, [max_boxes, 4]), tf.ensure_shape(classes, [max_boxes])
+
+
+def _sample_points(start, end, size, length):
+    """Bilinear sampling along one axis: indices low/high [K, size] and the weight of high."""
+    cells = (tf.range(size, dtype=tf.float32) + 0.5) / size
+    points = start[:, None] + cells[None, :] * (end - start)[:, None] - 0.5
+    points = tf.clip_by_value(points, 0.0, tf.cast(length - 1, tf.float32))
+    low = tf.floor(points)
+    high = tf.minimum(tf.cast(low, tf.int32) + 1, length - 1)
+    return tf.cast(low, tf.int32), high, points - low
+
+
+def crop_masks(masks, boxes, size):
+    """[K, H, W] masks and their [K, 4] pixel boxes -> [K, size, size] float32 crops in [0, 1].
+
+    Cell i samples the mask at index y = ymin + (i + 0.5) * (ymax - ymin) / size - 0.5
+    (pixel k spans [k, k + 1), its centre is index k), likewise x, bilinearly, with
+    indices clamped to the mask's edges: RoIAlign's sampling with one point per cell,
+    so the targets line up with the features a mask head crops from its boxes.
+    """
+    height, width = tf.shape(masks)[1], tf.shape(masks)[2]
+    y_low, y_high, y_weight = _sample_points(boxes[:, 0], boxes[:, 2], size, height)
+    x_low, x_high, x_weight = _sample_points(boxes[:, 1], boxes[:, 3], size, width)
+    # Both passes gather whole rows (a gather along the last axis is several times slower).
+    top, bottom = (tf.cast(tf.gather(masks, y, axis=1, batch_dims=1), tf.float32) for y in (y_low, y_high))
+    columns = tf.transpose(top + (bottom - top) * y_weight[:, :, None], [0, 2, 1])  # [K, W, size]
+    left, right = (tf.gather(columns, x, axis=1, batch_dims=1) for x in (x_low, x_high))
+    return tf.transpose(left + (right - left) * x_weight[:, :, None], [0, 2, 1])

@@ -121,17 +121,23 @@ class ImageRecord:
     boxes: np.ndarray  # [K, 4] float32
     classes: np.ndarray  # [K] int32: COCO category ids
     is_crowd: np.ndarray  # [K] bool
-    segmentations: list  # [K] raw COCO segmentations (polygons or RLE), None where absent
+    segmentations: list  # [K] COCO segmentations (polygons or RLE) of this size; None where unusable
 
     def masks(self):
-        """[K, height, width] uint8 instance masks; a box-filled mask where there is no segmentation."""
+        """[K, height, width] uint8 instance masks.
+
+        An object without a usable segmentation, or whose segmentation covers no pixel,
+        gets its box filled (the pixels whose centres lie in it), so copy-paste and mask
+        training go on; `read_coco(check_masks=True)` counts these objects.
+        """
         masks = np.zeros((len(self.classes), self.height, self.width), np.uint8)
+        ys, xs = np.arange(self.height) + 0.5, np.arange(self.width) + 0.5
         for k, segmentation in enumerate(self.segmentations):
-            if segmentation:
-                masks[k] = _rasterise(segmentation, self.height, self.width)
-            else:
-                ymin, xmin, ymax, xmax = np.round(self.boxes[k]).astype(int)
-                masks[k, ymin:ymax, xmin:xmax] = 1
+            if segmentation is not None:
+                masks[k] = mask_utils.decode(_rle(segmentation, self.height, self.width))
+            if not masks[k].any():
+                ymin, xmin, ymax, xmax = self.boxes[k]
+                masks[k] = ((ys >= ymin) & (ys < ymax))[:, None] & ((xs >= xmin) & (xs < xmax))[None, :]
         return masks
 
 
@@ -146,14 +152,38 @@ class CocoDataset:
         return sorted(category["id"] for category in self.categories)
 
 
-def _rasterise(segmentation, height, width):
+def _rle(segmentation, height, width):
+    """A usable segmentation (see `_usable_segmentation`) -> pycocotools' compressed RLE."""
     if isinstance(segmentation, list):  # polygons
-        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
-    elif isinstance(segmentation.get("counts"), list):  # uncompressed RLE
-        rle = mask_utils.frPyObjects(segmentation, height, width)
-    else:
-        rle = segmentation
-    return mask_utils.decode(rle)
+        return mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+    if isinstance(segmentation["counts"], list):  # uncompressed RLE
+        return mask_utils.frPyObjects(segmentation, height, width)
+    return segmentation
+
+
+def _is_polygon(points):
+    return (
+        isinstance(points, list)
+        and len(points) >= 6
+        and len(points) % 2 == 0
+        and all(isinstance(v, numbers.Real) for v in points)
+    )
+
+
+def _usable_segmentation(segmentation, height, width):
+    """(segmentation pycocotools can rasterise at height x width, or None; the problem kind, or None).
+
+    Polygons need 3 or more (x, y) points (shorter ones are left out: pycocotools would
+    read 4 numbers as a box); an RLE needs counts and the image's size.
+    """
+    if isinstance(segmentation, list):
+        polygons = [points for points in segmentation if _is_polygon(points)]
+        return (polygons, None) if polygons else (None, "missing_mask")
+    if not isinstance(segmentation, dict) or not isinstance(segmentation.get("counts"), (str, bytes, list)):
+        return None, "missing_mask"
+    if segmentation.get("size") != [height, width]:
+        return None, "mismatched_mask"
+    return segmentation, None
 
 
 def check_annotations(data, source, required_fields=None):
@@ -301,12 +331,36 @@ def _clean_box(annotation, height, width, report):
     return clipped
 
 
-def read_coco(images_dir, annotations_file, verify_images=True):
+def _checked_segmentation(annotation, height, width, report, check_masks):
+    """The annotation's usable segmentation or None; with `check_masks`, a non-crowd object
+    whose mask will be box-filled (see `ImageRecord.masks`) is counted in `report`."""
+    segmentation, problem = _usable_segmentation(annotation.get("segmentation"), height, width)
+    if not check_masks or annotation.get("iscrowd"):  # crowd objects are never trained on
+        return segmentation
+    if problem == "missing_mask":
+        report.warn(
+            problem, f"annotation {annotation.get('id')}: segmentation {annotation.get('segmentation')!r:.60}"
+        )
+    elif problem == "mismatched_mask":
+        report.warn(
+            problem,
+            f"annotation {annotation.get('id')}: RLE size {annotation['segmentation'].get('size')} "
+            f"in a {height}x{width} image",
+        )
+    elif mask_utils.area(_rle(segmentation, height, width)) == 0:
+        report.warn("empty_mask", f"annotation {annotation.get('id')}: segmentation covers no pixel")
+    return segmentation
+
+
+def read_coco(images_dir, annotations_file, verify_images=True, check_masks=False):
     """Validated records of a COCO instances file whose `file_name`s live under `images_dir`.
 
     `verify_images` reads each file's header and last bytes (fast: no decoding) to catch
     missing, corrupt, truncated or mis-sized images up front; image data damaged in the
     middle fails to decode later and the pipeline skips it with a logged warning.
+    `check_masks` (for readers that use the instance masks) counts the objects whose mask
+    will be box-filled: no usable segmentation, an RLE of another size, or one covering
+    no pixel (found by rasterising each polygon, ~20 us each: ~20 s for COCO train2017).
     """
     data = load_annotations(annotations_file, required_fields={"images": ("file_name",)})
     report = DataReport(os.fspath(annotations_file))
@@ -353,7 +407,7 @@ def read_coco(images_dir, annotations_file, verify_images=True):
                     box,
                     annotation["category_id"],
                     bool(annotation.get("iscrowd", 0)),
-                    annotation.get("segmentation"),
+                    _checked_segmentation(annotation, height, width, report, check_masks),
                 )
             )
 

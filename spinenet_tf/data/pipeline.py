@@ -7,6 +7,8 @@ masks. Decoding is shared.
 Training batches are (images [B, S, S, 3] float32 normalised, {"boxes": [B, M, 4]
 pixels, "classes": [B, M]}), exactly what `RetinaNet.fit` takes; class ids are used as
 they are (Model Garden's convention: a COCO model has 91 outputs, class 0 background).
+With `mask_crop_size` C the labels also hold "masks" [B, M, C, C]: each object's final
+instance mask cut to its box (see `augment.crop_masks`), the targets of a mask head.
 
 Evaluation batches are the photos as decoded (uint8, zero-padded bottom/right to the
 batch's largest) with their ids and sizes: `RetinaNet.predict` letterboxes and normalises
@@ -43,9 +45,13 @@ class Source:
         return self.make_dataset(with_masks)
 
 
-def coco_source(images_dir, annotations_file, verify_images=True):
-    """Images and annotations read straight from a COCO instances file."""
-    coco = read_coco(images_dir, annotations_file, verify_images)
+def coco_source(images_dir, annotations_file, verify_images=True, check_masks=False):
+    """Images and annotations read straight from a COCO instances file.
+
+    `check_masks` (for training that uses instance masks: copy-paste, a mask head) counts
+    in the report the objects whose mask will be box-filled (see `read_coco`).
+    """
+    coco = read_coco(images_dir, annotations_file, verify_images, check_masks)
     records = coco.records
     sizes = np.array([[r.height, r.width] * 2 for r in records], np.float32).reshape(-1, 4)
 
@@ -90,7 +96,7 @@ def tfrecord_source(file_pattern):
     if not files:
         raise FileNotFoundError(f"No TFRecord files match {file_pattern!r}.")
 
-    def make_dataset(with_masks):
+    def make_dataset(with_masks):  # mask problems show only when decoded: counted in the report then
         files_dataset = tf.data.Dataset.from_tensor_slices(files)
         records = files_dataset.interleave(
             tf.data.TFRecordDataset, cycle_length=AUTOTUNE, num_parallel_calls=AUTOTUNE, deterministic=False
@@ -100,20 +106,22 @@ def tfrecord_source(file_pattern):
     return Source(make_dataset, None, DataReport(file_pattern))
 
 
-def make_source(split):
+def make_source(split, check_masks=False):
     """The Source of a config data split: its `tfrecord` glob, else its COCO `images` and `annotations`.
 
-    Prints the data report of a COCO split (what was skipped or fixed) before any step runs.
+    Prints the data report of a COCO split (what was skipped or fixed) before any step
+    runs; `check_masks` includes the instance masks in it (see `coco_source`).
     """
     if split.tfrecord:
         return tfrecord_source(split.tfrecord)
-    source = coco_source(split.images, split.annotations)
+    source = coco_source(split.images, split.annotations, check_masks=check_masks)
     print(source.report.summary(), flush=True)
     return source
 
 
 def _box_masks(boxes, height, width):
-    """Box-filled [K, H, W] masks for data without segmentations (copy-paste then pastes box crops)."""
+    """Box-filled [K, H, W] masks (the pixels whose centres lie in the box) for objects without a
+    usable mask: copy-paste then pastes box crops. The rule of `ImageRecord.masks`."""
     ys = tf.range(height, dtype=tf.float32)[None, :, None] + 0.5
     xs = tf.range(width, dtype=tf.float32)[None, None, :] + 0.5
     inside = (
@@ -125,8 +133,12 @@ def _box_masks(boxes, height, width):
     return tf.cast(inside, tf.uint8)
 
 
-def decode(example, with_masks=False):
-    """Undecoded example -> image uint8 [H, W, 3] (any JPEG/PNG/BMP/GIF: gray, RGBA, 16-bit), pixel boxes."""
+def decode(example, masks_report=None):
+    """Undecoded example -> image uint8 [H, W, 3] (any JPEG/PNG/BMP/GIF: gray, RGBA, 16-bit), pixel boxes.
+
+    With `masks_report` (the source's DataReport) the instance masks are decoded too,
+    "masks" [K, H, W] uint8, and their problems counted in it (see `_decoded_masks`).
+    """
     image = tf.io.decode_image(example["encoded"], channels=3, dtype=tf.uint8, expand_animations=False)
     image = tf.ensure_shape(image, [None, None, 3])
     height, width = tf.shape(image)[0], tf.shape(image)[1]
@@ -138,35 +150,96 @@ def decode(example, with_masks=False):
         "classes": example["classes"],
         "is_crowd": example["is_crowd"],
     }
-    if with_masks:
-        decoded["masks"] = _decoded_masks(example, decoded["boxes"], height, width)
+    if masks_report is not None:
+        decoded["masks"] = _decoded_masks(example, decoded["boxes"], height, width, masks_report)
     return decoded
 
 
-def _decoded_masks(example, boxes, height, width):
+def _decoded_masks(example, boxes, height, width, report):
+    """[K, H, W] uint8 masks of an example; an object's mask is box-filled (training goes on) when
+    it is missing, of another size than the image, or empty.
+
+    COCO sources counted their annotations' problems when read (`read_coco`); here each
+    object whose mask is box-filled is counted in `report` as it is read, with its
+    image_id: TFRecord masks are only seen now, and a COCO file's image size can differ
+    from the JSON's when its images were not verified.
+    """
     num_objects = tf.shape(boxes)[0]
+    shape = tf.stack([num_objects, height, width])
     if "masks" in example:
-        masks = tf.ensure_shape(example["masks"], [None, None, None])
-        masks = tf.cond(
-            tf.reduce_all(tf.shape(masks) == tf.stack([num_objects, height, width])),
-            lambda: masks,
-            lambda: _box_masks(boxes, height, width),
-        )
+        masks, kinds, details = _rasterised_masks(example["masks"], shape)
     else:
-        pngs = example["mask_pngs"]
+        masks, kinds, details = _decoded_pngs(example["mask_pngs"], shape)
+    bad = (kinds != "") & ~example["is_crowd"]  # crowd objects are never trained on
 
-        def decode_pngs():
-            def decode_png(png):
-                return tf.cast(tf.io.decode_png(png, channels=1)[:, :, 0] > 0, tf.uint8)
+    def counted():
+        objects = tf.strings.as_string(tf.range(num_objects))
+        image_id = tf.strings.as_string(example["image_id"])
+        named = tf.strings.join(["image_id ", image_id, ": object ", objects, ": ", details])
+        return _counted(report, tf.boolean_mask(kinds, bad), tf.boolean_mask(named, bad), masks)
 
-            return tf.map_fn(decode_png, pngs, fn_output_signature=tf.TensorSpec([None, None], tf.uint8))
+    masks = tf.cond(tf.reduce_any(bad), counted, lambda: masks)
+    empty = ~tf.reduce_any(masks > 0, axis=[1, 2])
+    return tf.cond(
+        tf.reduce_any(empty),
+        lambda: tf.where(empty[:, None, None], _box_masks(boxes, height, width), masks),
+        lambda: masks,
+    )
 
-        masks = tf.cond(
-            (tf.size(pngs) == num_objects) & (num_objects > 0),
-            decode_pngs,
-            lambda: _box_masks(boxes, height, width),
-        )
-    return tf.reshape(masks, [num_objects, height, width])
+
+def _size(height_width):
+    return tf.strings.reduce_join(tf.strings.as_string(height_width), separator="x")
+
+
+def _rasterised_masks(masks, shape):
+    """A COCO source's [K, h, w] masks -> (masks, zero unless [K, H, W]; problem kinds [K], "" for
+    none; details [K])."""
+    masks = tf.ensure_shape(masks, [None, None, None])
+    fits = tf.reduce_all(tf.shape(masks) == shape)
+    detail = tf.strings.join(["masks ", _size(tf.shape(masks)[1:]), " for image ", _size(shape[1:])])
+    masks = tf.cond(fits, lambda: masks, lambda: tf.zeros(shape, tf.uint8))
+    return masks, tf.fill(shape[:1], tf.where(fits, "", "mismatched_mask")), tf.fill(shape[:1], detail)
+
+
+def _decoded_pngs(pngs, shape):
+    """A TFRecord's mask PNGs -> (masks [K, H, W] uint8, zero where unusable; problem kinds [K], ""
+    for none; details [K])."""
+    num_objects, image_size = shape[0], shape[1:]
+
+    def decode_png(png):
+        decoded = tf.io.decode_png(png, channels=1)[:, :, 0] > 0
+        fits = tf.reduce_all(tf.shape(decoded) == image_size)
+        mask = tf.cond(fits, lambda: tf.cast(decoded, tf.uint8), lambda: tf.zeros(image_size, tf.uint8))
+        kind = tf.where(fits, tf.where(tf.reduce_any(decoded), "", "empty_mask"), "mismatched_mask")
+        size = tf.strings.join(["mask PNG ", _size(tf.shape(decoded)), " for image ", _size(image_size)])
+        return mask, kind, tf.where(fits, "mask PNG has no pixels", size)
+
+    def decode_all():
+        signature = (tf.TensorSpec([None, None], tf.uint8), tf.string, tf.string)
+        return tf.map_fn(decode_png, pngs, fn_output_signature=signature)
+
+    def miscounted():
+        kind = tf.where(tf.size(pngs) == 0, "missing_mask", "mismatched_mask")
+        count = tf.strings.as_string(tf.stack([tf.size(pngs), num_objects]))
+        detail = tf.strings.join([count[0], " mask PNGs for ", count[1], " objects"])
+        return tf.zeros(shape, tf.uint8), tf.fill([num_objects], kind), tf.fill([num_objects], detail)
+
+    masks, kinds, details = tf.cond(
+        (tf.size(pngs) == num_objects) & (num_objects > 0), decode_all, miscounted
+    )
+    return tf.reshape(masks, shape), kinds, details
+
+
+def _counted(report, kinds, details, masks):
+    """`masks`, once each problem is counted in `report` (a Python object: tf.py_function)."""
+
+    def warn(kinds, details):
+        for kind, detail in zip(kinds.numpy(), details.numpy()):
+            report.warn(kind.decode(), detail.decode())
+        return True
+
+    with tf.control_dependencies([tf.py_function(warn, [kinds, details], Tout=tf.bool)]):
+        return tf.identity(masks)
 
 
 def _augment(example, image_size, scale_range, flip, with_masks):
@@ -186,15 +259,17 @@ def _augment(example, image_size, scale_range, flip, with_masks):
 
 def _drop_padding(example):
     valid = example["classes"] >= 0
-    return {
-        "image": example["image"],
-        **{k: tf.boolean_mask(example[k], valid) for k in ("boxes", "classes")},
-    }
+    return {key: value if key == "image" else tf.boolean_mask(value, valid) for key, value in example.items()}
 
 
-def _training_pair(example, max_boxes):
+def _training_pair(example, max_boxes, mask_crop_size):
     boxes, classes = augment.pad_labels(example["boxes"], example["classes"], max_boxes)
-    return augment.normalise_image(example["image"]), {"boxes": boxes, "classes": classes}
+    labels = {"boxes": boxes, "classes": classes}
+    if mask_crop_size is not None:
+        crops = augment.crop_masks(example["masks"][:max_boxes], example["boxes"][:max_boxes], mask_crop_size)
+        crops = tf.pad(crops, [[0, max_boxes - tf.shape(crops)[0]], [0, 0], [0, 0]])
+        labels["masks"] = tf.ensure_shape(crops, [max_boxes, mask_crop_size, mask_crop_size])
+    return augment.normalise_image(example["image"]), labels
 
 
 def train_dataset(
@@ -208,35 +283,37 @@ def train_dataset(
     shuffle_buffer=1000,
     cache=False,
     repeat=True,
+    mask_crop_size=None,
 ):
     """Augmented, shuffled, padded, batched training data (see the module docstring).
 
     `cache` keeps decoded images in memory (for datasets that fit: the embedded synthetic
     one); without it, the shuffle buffer holds encoded bytes only. Images that fail to
     decode are skipped with a logged warning. More than `max_boxes` objects: the extra
-    ones are dropped.
+    ones are dropped. `mask_crop_size` (an int C: Model Garden uses 112) adds the "masks"
+    [B, max_boxes, C, C] float32 targets, zero for padding. Masks are decoded for them
+    and for copy-paste; objects whose mask is box-filled are counted in `source.report`.
     """
-    with_masks = copy_paste_probability > 0
+    with_masks = copy_paste_probability > 0 or mask_crop_size is not None
+    report = source.report if with_masks else None
     dataset = source.dataset(with_masks)
     if cache:
-        dataset = (
-            dataset.map(lambda e: decode(e, with_masks), AUTOTUNE).ignore_errors(log_warning=True).cache()
-        )
+        dataset = dataset.map(lambda e: decode(e, report), AUTOTUNE).ignore_errors(log_warning=True).cache()
         dataset = dataset.shuffle(shuffle_buffer)
         dataset = dataset.repeat() if repeat else dataset
     else:
         dataset = dataset.shuffle(shuffle_buffer)
         dataset = dataset.repeat() if repeat else dataset
-        dataset = dataset.map(lambda e: decode(e, with_masks), AUTOTUNE).ignore_errors(log_warning=True)
+        dataset = dataset.map(lambda e: decode(e, report), AUTOTUNE).ignore_errors(log_warning=True)
     dataset = dataset.map(lambda e: _augment(e, image_size, scale_range, flip, with_masks), AUTOTUNE)
-    if with_masks:
+    if copy_paste_probability > 0:
         padding = {"image": 0.0, "boxes": 0.0, "classes": -1, "masks": tf.constant(0, tf.uint8)}
         dataset = dataset.padded_batch(2, padding_values=padding, drop_remainder=True)
         dataset = dataset.map(
             lambda pair: copy_paste.paste_within_pairs(pair, copy_paste_probability), AUTOTUNE
         )
         dataset = dataset.unbatch().map(_drop_padding, AUTOTUNE)
-    dataset = dataset.map(lambda e: _training_pair(e, max_boxes), AUTOTUNE)
+    dataset = dataset.map(lambda e: _training_pair(e, max_boxes, mask_crop_size), AUTOTUNE)
     return dataset.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
 
 

@@ -2,6 +2,7 @@
 
 import collections
 import logging
+import threading
 
 LOGGER = logging.getLogger("spinenet_tf.data")
 # Warnings printed per kind of problem; the rest are only counted.
@@ -22,26 +23,38 @@ ACTIONS = {
     "box_outside_image": "annotation skipped: box entirely outside the image",
     "clipped_box": "box clipped to the image",
     "duplicate_image_id": "image skipped: id used by an earlier image",
+    "missing_mask": "box-filled mask used: object has no usable segmentation",
+    "mismatched_mask": "box-filled mask used: mask size or count differs from the image's objects",
+    "empty_mask": "box-filled mask used: instance mask has no pixels",
 }
 
 
 class DataReport:
-    """Counts problems by kind, logs the first few of each, summarises all."""
+    """Counts problems by kind, logs the first few of each, summarises all.
+
+    Thread-safe: the input pipeline warns from its parallel workers (mask problems of
+    TFRecords are only seen there, once per read of the example).
+    """
 
     def __init__(self, source):
         self.source = source
         self.counts = collections.Counter()
+        self._lock = threading.Lock()
 
     def warn(self, kind, detail):
         if kind not in ACTIONS:
             raise KeyError(f"Unknown data problem {kind!r}; known: {sorted(ACTIONS)}.")
-        self.counts[kind] += 1
-        if self.counts[kind] <= EXAMPLES_PER_KIND:
+        with self._lock:
+            self.counts[kind] += 1
+            count = self.counts[kind]
+        if count <= EXAMPLES_PER_KIND:
             LOGGER.warning("%s: %s (%s)", self.source, detail, ACTIONS[kind])
 
     def summary(self):
-        if not self.counts:
+        with self._lock:
+            counts = dict(self.counts)
+        if not counts:
             return f"{self.source}: no data problems found."
-        lines = [f"{self.source}: {sum(self.counts.values())} data problem(s) handled:"]
-        lines += [f"  {count:>7} x {ACTIONS[kind]}" for kind, count in sorted(self.counts.items())]
+        lines = [f"{self.source}: {sum(counts.values())} data problem(s) handled:"]
+        lines += [f"  {count:>7} x {ACTIONS[kind]}" for kind, count in sorted(counts.items())]
         return "\n".join(lines)

@@ -125,12 +125,15 @@ def shard_paths(prefix, num_shards):
 def coco_to_tfrecord(images_dir, annotations_file, out_prefix, num_shards=1, include_masks=True, verbose=1):
     """Converts a COCO split to `num_shards` TFRecord files; returns a summary dict.
 
+    With `include_masks`, objects whose mask is written box-filled (no usable
+    segmentation) are counted in the summary's report.
+
     Shards are written under a temporary name and renamed when complete, so an
     interrupted conversion never leaves a truncated shard with the final name.
     """
     if num_shards < 1:
         raise DataError(f"num_shards must be >= 1, got {num_shards}.")
-    dataset = read_coco(images_dir, annotations_file)
+    dataset = read_coco(images_dir, annotations_file, check_masks=include_masks)
     paths = shard_paths(out_prefix, num_shards)
     os.makedirs(os.path.dirname(os.path.abspath(out_prefix)), exist_ok=True)
     writers = [tf.io.TFRecordWriter(path + ".incomplete") for path in paths]

@@ -1,40 +1,51 @@
-"""RetinaNet class and box subnets, shared across pyramid levels (functional builder)."""
+"""Dense heads over the pyramid, shared across levels: RetinaNet's subnets and the RPN.
+
+Both follow TF Model Garden: 3x3 convs (with bias) shared by every level, each followed
+by a batch norm of its own per level and the activation, then a shared predictor conv.
+"""
 
 import math
 
 import keras
 
 
-def _subnet(features, settings, num_convs, num_filters, out_channels, name, bias_initializer):
-    """`num_convs` 3x3 convs shared by all levels, each with its own BN per level."""
+def _normal(stddev):
+    return keras.initializers.RandomNormal(stddev=stddev)
+
+
+def conv_tower(features, settings, num_convs, num_filters, name):
+    """`num_convs` 3x3 convs shared by all levels, each with its own BN per level -> {level: map}."""
     convs = [
         keras.layers.Conv2D(
             num_filters,
             3,
             padding="same",
-            kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
+            kernel_initializer=_normal(0.01),
             dtype=settings.dtype,
             name=f"{name}_conv{i + 1}",
         )
         for i in range(num_convs)
     ]
-    predictor = keras.layers.Conv2D(
-        out_channels,
-        3,
-        padding="same",
-        kernel_initializer=keras.initializers.RandomNormal(stddev=1e-5),
-        bias_initializer=bias_initializer,
-        dtype=settings.dtype,
-        name=f"{name}_predict",
-    )
-    outputs = []
+    outputs = {}
     for level_name, x in features.items():
         for i, conv in enumerate(convs):
             x = conv(x)
             x = settings.norm(f"{name}_bn{i + 1}_{level_name}")(x)
             x = settings.activate(x, f"{name}_act{i + 1}_{level_name}")
-        outputs.append(predictor(x))
+        outputs[level_name] = x
     return outputs
+
+
+def _predictor(settings, out_channels, kernel_size, name, bias_initializer="zeros"):
+    return keras.layers.Conv2D(
+        out_channels,
+        kernel_size,
+        padding="same",
+        kernel_initializer=_normal(1e-5),
+        bias_initializer=bias_initializer,
+        dtype=settings.dtype,
+        name=name,
+    )
 
 
 def retinanet_head(
@@ -47,19 +58,30 @@ def retinanet_head(
     with foreground probability pi = `prior_probability` (Lin et al. 2017).
     """
     prior_bias = keras.initializers.Constant(-math.log((1 - prior_probability) / prior_probability))
-    class_maps = _subnet(
-        features,
-        settings,
-        num_convs,
-        num_filters,
-        anchors_per_location * num_classes,
-        "class_net",
-        prior_bias,
+    outputs = {}
+    for name, per_anchor, bias in [("class_net", num_classes, prior_bias), ("box_net", 4, "zeros")]:
+        tower = conv_tower(features, settings, num_convs, num_filters, name)
+        predictor = _predictor(settings, anchors_per_location * per_anchor, 3, f"{name}_predict", bias)
+        outputs[name] = [predictor(x) for x in tower.values()]
+    return (
+        _flatten(outputs["class_net"], num_classes, "class_logits"),
+        _flatten(outputs["box_net"], 4, "box_deltas"),
     )
-    box_maps = _subnet(
-        features, settings, num_convs, num_filters, anchors_per_location * 4, "box_net", "zeros"
-    )
-    return _flatten(class_maps, num_classes, "class_logits"), _flatten(box_maps, 4, "box_deltas")
+
+
+def rpn_head(features, anchors_per_location, num_convs, num_filters, settings):
+    """Region proposal network: {level: (objectness logits [B, N_l], box deltas [B, N_l, 4])},
+    anchors of a level in the order of `anchors.py`."""
+    tower = conv_tower(features, settings, num_convs, num_filters, "rpn")
+    scores = _predictor(settings, anchors_per_location, 1, "rpn_scores")
+    boxes = _predictor(settings, anchors_per_location * 4, 1, "rpn_boxes")
+    return {
+        level: (
+            keras.layers.Reshape((-1,), dtype="float32", name=f"rpn_logits_{level}")(scores(x)),
+            keras.layers.Reshape((-1, 4), dtype="float32", name=f"rpn_deltas_{level}")(boxes(x)),
+        )
+        for level, x in tower.items()
+    }
 
 
 def _flatten(maps, per_anchor, name):

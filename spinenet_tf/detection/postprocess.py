@@ -1,10 +1,10 @@
-"""From raw RetinaNet outputs to final detections: decode, select, NMS, top-k."""
+"""From raw detector outputs to final detections: decode, select, NMS, top-k."""
 
 import dataclasses
 
 from keras import ops
 
-from spinenet_tf.detection.box_coder import decode_boxes
+from spinenet_tf.detection.box_coder import clip_boxes, decode_boxes
 from spinenet_tf.detection.nms import non_max_suppression
 
 NMS_MODES = ("per_class", "class_agnostic")
@@ -55,31 +55,46 @@ class DetectionSpec:
 
 
 def detect(class_logits, box_deltas, anchors, image_size, spec=DetectionSpec()):
-    """Final detections of a batch.
+    """Final detections of RetinaNet outputs: class_logits [B, N, C] (sigmoid), box_deltas
+    [B, N, 4] against anchors [N, 4], for an (H, W) input (see `select_detections`)."""
+    scores = ops.sigmoid(ops.cast(class_logits, "float32"))
+    boxes = decode_boxes(ops.cast(box_deltas, "float32"), ops.expand_dims(ops.cast(anchors, "float32"), 0))
+    return select_detections(scores, boxes, image_size, spec)
+
+
+def select_detections(scores, boxes, image_size, spec=DetectionSpec()):
+    """Final detections of a batch from per-class scores and decoded boxes.
 
     Args:
-        class_logits [B, N, C]; box_deltas [B, N, 4]; anchors [N, 4]; image_size (H, W).
+        scores [B, N, C] probabilities; boxes [B, N, 4] (one box per candidate, RetinaNet's
+        anchors) or [B, N, C, 4] (one per candidate and class, Fast R-CNN's class-specific
+        regression), [ymin, xmin, ymax, xmax] input pixels; image_size (H, W).
 
-    Returns a dict: boxes [B, D, 4] ([ymin, xmin, ymax, xmax] input pixels, clipped),
-    scores [B, D], classes [B, D] int32, num_detections [B] int32; D = max_detections,
-    entries past num_detections are zero.
+    Returns a dict: boxes [B, D, 4] (clipped to the image), scores [B, D], classes [B, D]
+    int32, num_detections [B] int32; D = max_detections, entries past num_detections are
+    zero.
     """
-    scores = ops.sigmoid(ops.cast(class_logits, "float32"))
     num_classes = scores.shape[-1]
+    per_class_boxes = len(boxes.shape) == 4
     class_ids = ops.arange(num_classes, dtype="int32")
     if spec.background_class is not None:
         foreground = [c for c in range(num_classes) if c != spec.background_class]
         scores = ops.take(scores, foreground, axis=-1)
+        if per_class_boxes:
+            boxes = ops.take(boxes, foreground, axis=2)
         class_ids = ops.convert_to_tensor(foreground, dtype="int32")
-    boxes = decode_boxes(ops.cast(box_deltas, "float32"), ops.expand_dims(ops.cast(anchors, "float32"), 0))
-    height, width = image_size
-    limits = ops.convert_to_tensor([height, width, height, width], dtype="float32")
-    boxes = ops.clip(boxes, 0.0, limits)
+    boxes = clip_boxes(boxes, image_size)
+    limit = ops.cast(ops.maximum(image_size[0], image_size[1]), "float32")
 
     foreground_classes = scores.shape[-1]
     if spec.nms == "class_agnostic":
-        candidate_scores = ops.max(scores, axis=-1)  # [B, N]
-        candidate_classes = ops.take(class_ids, ops.argmax(scores, axis=-1))
+        best_class = ops.argmax(scores, axis=-1)  # [B, N]
+        candidate_scores = ops.max(scores, axis=-1)
+        candidate_classes = ops.take(class_ids, best_class)
+        if per_class_boxes:
+            boxes = ops.squeeze(
+                ops.take_along_axis(boxes, ops.reshape(best_class, (-1, boxes.shape[1], 1, 1)), axis=2), 2
+            )
         top_k = min(spec.pre_nms_top_k, candidate_scores.shape[1])
         top_scores, top_index = chunked_top_k(candidate_scores, top_k)
         top_classes = ops.take_along_axis(candidate_classes, top_index, axis=1)
@@ -89,12 +104,16 @@ def detect(class_logits, box_deltas, anchors, image_size, spec=DetectionSpec()):
         flat = ops.reshape(scores, (-1, scores.shape[1] * foreground_classes))
         top_k = min(spec.pre_nms_top_k, flat.shape[1])
         top_scores, top_index = chunked_top_k(flat, top_k)
-        anchor_index = top_index // foreground_classes
         top_classes = ops.take(class_ids, top_index % foreground_classes)
-        top_boxes = ops.take_along_axis(boxes, ops.expand_dims(anchor_index, -1), axis=1)
+        if per_class_boxes:
+            flat_boxes = ops.reshape(boxes, (-1, boxes.shape[1] * foreground_classes, 4))
+            top_boxes = ops.take_along_axis(flat_boxes, ops.expand_dims(top_index, -1), axis=1)
+        else:
+            anchor_index = top_index // foreground_classes
+            top_boxes = ops.take_along_axis(boxes, ops.expand_dims(anchor_index, -1), axis=1)
         # Shift each class to its own region of the plane so that NMS never compares
         # boxes of different classes.
-        offset = ops.cast(ops.expand_dims(top_classes, -1), "float32") * (ops.max(limits) + 1.0)
+        offset = ops.cast(ops.expand_dims(top_classes, -1), "float32") * (limit + 1.0)
         nms_boxes = top_boxes + offset
 
     keep = non_max_suppression(

@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from spinenet_tf.detection.anchors import AnchorSpec, generate_anchors
-from spinenet_tf.detection.fpn import fpn_decoder
+from spinenet_tf.detection.decoders import check_decoder, decode_pyramid
 from spinenet_tf.detection.head import retinanet_head
 from spinenet_tf.detection.losses import huber_loss, sigmoid_focal_loss
 from spinenet_tf.detection.postprocess import DetectionSpec, detect
@@ -12,8 +12,6 @@ from spinenet_tf.detection.target_assignment import assign_targets
 from spinenet_tf.errors import ModelError
 from spinenet_tf.layers.conv_norm import ConvNormSettings
 from spinenet_tf.task import Task
-
-DECODERS = ("auto", "identity", "fpn")
 
 
 def _check_labels(y):
@@ -54,6 +52,9 @@ class RetinaNet(Task):
     dense kernels of the trainable weights (L2 weight decay as in Model Garden).
     """
 
+    # Layers that int8 TFLite export leaves in float (see export/tflite.py): the head.
+    int8_float_layers = ("class_net", "box_net", "class_logits", "box_deltas")
+
     def __init__(
         self,
         backbone,
@@ -87,17 +88,10 @@ class RetinaNet(Task):
         dtype=None,
         **kwargs,
     ):
-        if isinstance(backbone, dict):
-            backbone = keras.saving.deserialize_keras_object(backbone)
-        if decoder not in DECODERS:
-            raise ModelError(f"Unknown decoder {decoder!r}; use one of {DECODERS}.")
+        backbone = self.resolve_backbone(backbone, weight_decay)
+        check_decoder(decoder)
         if num_classes < 2:
             raise ModelError(f"num_classes must be >= 2 (class 0 is background), got {num_classes}.")
-        if weight_decay and getattr(backbone, "kernel_regularizer", None) is not None:
-            raise ModelError(
-                f"weight_decay={weight_decay} already puts L2 on every kernel, the backbone's included; the "
-                "backbone's kernel_regularizer would add it a second time. Set one of them to 0 / None."
-            )
         if not 0.0 < negative_threshold <= positive_threshold <= 1.0:
             raise ModelError(
                 f"Need 0 < negative_threshold <= positive_threshold <= 1, got {negative_threshold}, "
@@ -116,16 +110,7 @@ class RetinaNet(Task):
         # === Functional graph ===
         image = keras.Input(shape=backbone.input.shape[1:], name="image")
         features = backbone(image)
-        wanted = [f"P{level}" for level in range(min_level, max_level + 1)]
-        if decoder == "auto":
-            decoder = "identity" if set(wanted) <= set(features) else "fpn"
-        if decoder == "identity":
-            missing = sorted(set(wanted) - set(features))
-            if missing:
-                raise ModelError(f"Identity decoder: the backbone has no {missing}; use decoder='fpn'.")
-            features = {name: features[name] for name in wanted}
-        else:
-            features = fpn_decoder(features, min_level, max_level, fpn_num_filters, settings)
+        decoder, features = decode_pyramid(features, decoder, min_level, max_level, fpn_num_filters, settings)
         class_logits, box_deltas = retinanet_head(
             features, num_classes, anchor_spec.anchors_per_location, num_convs, num_filters, settings
         )
@@ -154,7 +139,6 @@ class RetinaNet(Task):
             sync_batch_norm,
         )
         self._anchor_cache = {}
-        self.cross_replica_sum = None  # set by compile()
 
     # === Anchors and decoding ===
     def anchors(self, image_size):
@@ -180,27 +164,6 @@ class RetinaNet(Task):
         )
 
     # === Training ===
-    def compile(self, optimizer="auto", cross_replica_sum=None, **kwargs):
-        """Defaults to SGD with momentum 0.9, the paper's optimizer; the loss is built in.
-
-        `cross_replica_sum(value)`: under replicated data parallelism where each replica
-        runs its own step (tf.distribute), the sum of `value` over the replicas. It makes
-        the loss normalisation use the positives of the global batch, so the loss and
-        gradients equal those of one process on the same batch. The trainer passes it.
-        """
-        if "loss" in kwargs:
-            raise ModelError("RetinaNet computes its own loss; do not pass `loss` to compile().")
-        if optimizer == "auto":
-            optimizer = keras.optimizers.SGD(learning_rate=0.01, momentum=0.9, global_clipnorm=10.0)
-        decoupled = getattr(keras.optimizers.get(optimizer), "weight_decay", None)
-        if self.weight_decay and decoupled:
-            raise ModelError(
-                f"The optimizer's weight_decay={decoupled} would decay the kernels a second time: the "
-                f"model's loss already has weight_decay={self.weight_decay}. Set one of them to 0."
-            )
-        super().compile(optimizer=optimizer, **kwargs)
-        self.cross_replica_sum = cross_replica_sum
-
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         if sample_weight is not None:
             raise ModelError("RetinaNet does not take sample weights; drop boxes by giving them class -1.")
@@ -212,8 +175,7 @@ class RetinaNet(Task):
         # The positives and the replica count of the global batch, in one all-reduce. Each
         # replica computes its share of the global loss; their sum (what the optimizer's
         # gradient all-reduce and Keras' loss tracker take) is the global loss.
-        local = ops.stack([ops.sum(box_weights), ops.ones(())])
-        positives, replicas = ops.unstack(self.cross_replica_sum(local) if self.cross_replica_sum else local)
+        positives, replicas = self.replica_counts(ops.sum(box_weights))
         normaliser = positives + 1.0
         positive = ops.expand_dims(ops.cast(class_targets >= 0, "float32"), -1)
         one_hot = ops.one_hot(ops.maximum(class_targets, 0), self.num_classes) * positive
@@ -221,17 +183,7 @@ class RetinaNet(Task):
         class_loss = ops.sum(focal * ops.expand_dims(class_weights, -1)) / normaliser
         huber = ops.mean(huber_loss(box_targets, y_pred["box_deltas"], self.huber_delta), axis=-1)
         box_loss = ops.sum(huber * box_weights) / normaliser
-        regularisation = ops.zeros(())
-        if self.weight_decay:
-            kernels = [w for w in self.trainable_weights if w.path.endswith("kernel")]
-            regularisation += (
-                0.5
-                * self.weight_decay
-                * ops.sum(ops.stack([ops.sum(ops.square(ops.cast(w, "float32"))) for w in kernels]))
-            )
-        if self.losses:
-            regularisation += ops.sum(ops.stack([ops.cast(loss, "float32") for loss in self.losses]))
-        return class_loss + self.box_loss_weight * box_loss + regularisation / replicas
+        return class_loss + self.box_loss_weight * box_loss + self.regularisation_loss() / replicas
 
     # === Serialization ===
     def task_config(self):

@@ -1,8 +1,9 @@
-"""COCO box AP / AR of detector outputs, scored by pycocotools on original-image pixels.
+"""COCO box and mask AP / AR of detector outputs, scored by pycocotools on original-image pixels.
 
-`CocoEvaluator` takes `RetinaNet.predict` batches (boxes in each original image's
-pixels), clips them to their image and hands the lot to pycocotools' COCOeval, so the
-numbers are the ones published COCO results are compared against.
+`CocoEvaluator` takes `predict` batches (boxes in each original image's pixels, and a
+Mask R-CNN's box-frame masks), clips the boxes to their image, pastes the masks at the
+image's size and hands the lot to pycocotools' COCOeval, so the numbers are the ones
+published COCO results are compared against.
 """
 
 import collections
@@ -13,22 +14,37 @@ import os
 from collections.abc import Mapping
 
 import numpy as np
+from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from spinenet_tf.data.coco import check_annotations, load_annotations
+from spinenet_tf.errors import DataError
+from spinenet_tf.masks import paste_masks
 
 COCO_METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+MASK_METRIC_NAMES = tuple(f"mask_{name}" for name in COCO_METRIC_NAMES)
+# pycocotools' IoU types, in the order their metrics are reported, and their metric names.
+METRIC_NAMES = {"bbox": COCO_METRIC_NAMES, "segm": MASK_METRIC_NAMES}
 # What scoring reads beyond the lists and ids: image sizes (boxes are clipped to them) and
 # the annotation fields of COCOeval's matching and area ranges.
 COCOEVAL_FIELDS = {
     "images": ("height", "width"),
     "annotations": ("id", "image_id", "category_id", "bbox", "area"),
 }
+# Mask scoring also rasterises each ground-truth object's polygons or RLE.
+SEGM_FIELDS = {**COCOEVAL_FIELDS, "annotations": (*COCOEVAL_FIELDS["annotations"], "segmentation")}
 
 
 class CocoEvaluator:
-    """Accumulates detections over an eval pass; `result()` gives the 12 COCO box metrics.
+    """Accumulates detections over an eval pass; `result()` gives the 12 COCO metrics per IoU type.
+
+    IoU types: "bbox" scores boxes (metrics COCO_METRIC_NAMES); "segm" scores masks
+    (MASK_METRIC_NAMES: "mask_AP", ...), which needs `masks` in the detections and a
+    `segmentation` on every ground-truth object. A mask is pasted at its image's size as
+    `update` receives it and kept as an RLE, never as a full-image array; its detection's
+    area range is the mask's own area (no "bbox" in the mask results, as Detectron2 does),
+    so masks and boxes each use their own sizes.
 
     Scope: scoring covers only the images passed to `update` (COCOeval `params.imgIds`),
     so a partial pass is scored on what it saw, and a seen image without detections counts
@@ -47,22 +63,19 @@ class CocoEvaluator:
     Args:
         ground_truth: path to a COCO instances JSON, a dict in that format (copied), or a
             pycocotools `COCO` (used as is), checked by `spinenet_tf.data.coco` with
-            COCOEVAL_FIELDS: a broken one is a DataError naming the list and the entry.
+            COCOEVAL_FIELDS (SEGM_FIELDS, and a polygon or RLE per object, for "segm"): a
+            broken one is a DataError naming the list and the entry.
         label_to_category: optional mapping model class index -> COCO category id.
-        iou_type: "bbox"; the detections carry no masks, so nothing else is supported.
+        iou_types: "bbox", "segm" or both (a sequence); ("bbox", "segm") for a Mask R-CNN.
     """
 
-    def __init__(self, ground_truth, label_to_category=None, iou_type="bbox"):
-        if iou_type != "bbox":
-            raise ValueError(
-                f"iou_type {iou_type!r} is not supported: only 'bbox' (detections carry no masks)"
-            )
+    def __init__(self, ground_truth, label_to_category=None, iou_types=("bbox",)):
         self.ground_truth = ground_truth
         self.label_to_category = label_to_category
-        self.iou_type = iou_type
-        self._coco = _load_ground_truth(ground_truth)
+        self.iou_types = _check_iou_types(iou_types)
+        self._coco = _load_ground_truth(ground_truth, "segm" in self.iou_types)
         self._image_sizes = {
-            image["id"]: (image["height"], image["width"]) for image in self._coco.dataset["images"]
+            image["id"]: (int(image["height"]), int(image["width"])) for image in self._coco.dataset["images"]
         }
         self._label_table = _label_table(label_to_category, set(self._coco.getCatIds()))
         self._class_names = _class_names(self._coco.dataset["categories"])
@@ -72,6 +85,7 @@ class CocoEvaluator:
         """Forget every image and detection seen so far."""
         self._seen = set()
         self._image_ids, self._categories, self._boxes, self._scores = [], [], [], []
+        self._masks = []  # one RLE per kept detection, when scoring "segm"
         self._evaluation = None
 
     @property
@@ -89,10 +103,11 @@ class CocoEvaluator:
 
         Args:
             image_ids: [B] COCO image ids, each seen at most once per pass.
-            detections: `RetinaNet.predict` output: `boxes` [B, K, 4] ([ymin, xmin, ymax,
-                xmax] in each original image's pixels; clipped to the image here),
-                `scores` [B, K], `classes` [B, K] and optionally `num_detections` [B] (rows
-                past it are padding; all K rows count when absent).
+            detections: `predict` output: `boxes` [B, K, 4] ([ymin, xmin, ymax, xmax] in
+                each original image's pixels; clipped to the image here), `scores` [B, K],
+                `classes` [B, K], optionally `num_detections` [B] (rows past it are padding;
+                all K rows count when absent) and, required for "segm", `masks` [B, K, M, M]
+                (probabilities in each box's frame, see `spinenet_tf.masks.paste_masks`).
         """
         image_ids = np.asarray(image_ids)
         if image_ids.ndim != 1:
@@ -100,50 +115,64 @@ class CocoEvaluator:
         image_ids = image_ids.astype(np.int64)
         batch = len(image_ids)
         boxes, scores, classes, num_detections = _check_detections(detections, batch)
+        masks = _check_masks(detections, boxes.shape) if "segm" in self.iou_types else None
         self._check_new_images(image_ids)
 
         sizes = np.array([self._image_sizes[image_id] for image_id in image_ids.tolist()], np.float64)
         limits = np.tile(sizes.reshape(batch, 2), 2)[:, None, :]  # [B, 1, 4] (h, w, h, w)
-        boxes = np.clip(boxes, 0.0, limits)
-        heights = boxes[..., 2] - boxes[..., 0]
-        widths = boxes[..., 3] - boxes[..., 1]
+        clipped = np.clip(boxes, 0.0, limits)
+        heights = clipped[..., 2] - clipped[..., 0]
+        widths = clipped[..., 3] - clipped[..., 1]
         rows = np.arange(boxes.shape[1])[None, :] < num_detections[:, None]
         keep = rows & (heights > 0) & (widths > 0) & (classes != 0)
-        categories = self._categories_of(classes[keep])
-        known = categories >= 0
-        xywh = np.stack([boxes[..., 1], boxes[..., 0], widths, heights], axis=-1)[keep]
+        categories = np.full(keep.shape, -1, np.int64)
+        categories[keep] = self._categories_of(classes[keep])
+        keep &= categories >= 0
+        xywh = np.stack([clipped[..., 1], clipped[..., 0], widths, heights], axis=-1)
+        if masks is not None:  # before any state changes: a failure here leaves the pass as it was
+            encoded = self._encoded_masks(image_ids, masks, boxes, keep)
 
         self._seen.update(image_ids.tolist())
-        self._image_ids.append(np.broadcast_to(image_ids[:, None], keep.shape)[keep][known])
-        self._categories.append(categories[known])
-        self._boxes.append(xywh[known])
-        self._scores.append(scores[keep][known])
+        self._image_ids.append(np.broadcast_to(image_ids[:, None], keep.shape)[keep])
+        self._categories.append(categories[keep])
+        self._boxes.append(xywh[keep])
+        self._scores.append(scores[keep])
+        if masks is not None:
+            self._masks += encoded
         self._evaluation = None
 
     def result(self):
-        """{name: float} for COCO_METRIC_NAMES, scored on the images seen since the last reset."""
-        metrics, _, _ = self._evaluated()
-        return dict(metrics)
+        """{name: float} for each IoU type's metric names, scored on the images seen since the last reset."""
+        return {
+            name: value for metrics, _, _ in self._evaluated().values() for name, value in metrics.items()
+        }
 
     def summary(self):
-        """pycocotools' printed metric table for the current results."""
-        _, summary, _ = self._evaluated()
-        return summary
+        """pycocotools' printed metric table for the current results, one per IoU type under its name."""
+        return "\n".join(f"{iou_type}:\n{table}" for iou_type, (_, table, _) in self._evaluated().items())
 
-    def per_class_ap(self):
+    def per_class_ap(self, iou_type=None):
         """{category name: AP} at IoU .50:.95, all areas, 100 detections per image, in id order.
+
+        Of the first of `iou_types` ("bbox" when scored) unless `iou_type` names another.
 
         A category is named by its "name" (its id as text where it has none; " (id N)"
         added where two share a name). A category with no ground truth among the seen
         images gets -1.0, pycocotools' own "nothing to score" (as `result()` has for an
         empty area range; JSON has no NaN): its false positives count nowhere, so no AP
-        could be computed. Over the categories with ground truth the mean is `result()["AP"]`.
+        could be computed. Over the categories with ground truth the mean is `result()["AP"]`
+        (`result()["mask_AP"]` for "segm").
         """
-        _, _, per_class = self._evaluated()
+        iou_type = self.iou_types[0] if iou_type is None else iou_type
+        if iou_type not in self.iou_types:
+            raise ValueError(
+                f"per_class_ap: iou_type {iou_type!r} is not scored here (iou_types {self.iou_types})"
+            )
+        _, _, per_class = self._evaluated()[iou_type]
         return dict(per_class)
 
     def _evaluated(self):
-        """(metrics, summary table, per-class AP) of the images seen, computed once per change."""
+        """{IoU type: (metrics, summary table, per-class AP)} of the images seen, computed once per change."""
         if not self._seen:
             raise ValueError("CocoEvaluator: nothing to score before any update()")
         if self._evaluation is None:
@@ -175,26 +204,49 @@ class CocoEvaluator:
             )
         return categories
 
+    def _encoded_masks(self, image_ids, masks, boxes, keep):
+        """RLEs of the kept detections' masks, pasted at their images' sizes, in row-major (B, K) order."""
+        encoded = []
+        for image_id, image_masks, image_boxes, kept in zip(image_ids.tolist(), masks, boxes, keep):
+            if kept.any():
+                pasted = paste_masks(image_masks[kept], image_boxes[kept], *self._image_sizes[image_id])
+                encoded += mask_utils.encode(np.asfortranarray(pasted.transpose(1, 2, 0)))
+        return encoded
+
     def _evaluate(self):
         detections = [
-            {"image_id": image_id, "category_id": category, "bbox": box, "score": score}
-            for image_id, category, box, score in zip(
+            {"image_id": image_id, "category_id": category, "score": score}
+            for image_id, category, score in zip(
                 np.concatenate(self._image_ids).tolist(),
                 np.concatenate(self._categories).tolist(),
-                np.concatenate(self._boxes).tolist(),
                 np.concatenate(self._scores).tolist(),
             )
         ]
+        # Each result carries only its own IoU type's shape: pycocotools takes a result's area
+        # from its "bbox" whenever there is one, which would size masks by their boxes.
+        shapes = {
+            "bbox": ("bbox", np.concatenate(self._boxes).tolist()),
+            "segm": ("segmentation", self._masks),
+        }
+        evaluated = {}
+        for iou_type in self.iou_types:
+            key, values = shapes[iou_type]
+            results = [{**detection, key: value} for detection, value in zip(detections, values)]
+            evaluated[iou_type] = self._score(results, iou_type)
+        return evaluated
+
+    def _score(self, detections, iou_type):
+        """(metrics, summary table, per-class AP) of COCOeval on one IoU type's results."""
         with contextlib.redirect_stdout(io.StringIO()):
             results = self._coco.loadRes(detections) if detections else _empty_results(self._coco)
-            evaluation = COCOeval(self._coco, results, self.iou_type)
+            evaluation = COCOeval(self._coco, results, iou_type)
             evaluation.params.imgIds = sorted(self._seen)
             evaluation.evaluate()
             evaluation.accumulate()
         table = io.StringIO()
         with contextlib.redirect_stdout(table):
             evaluation.summarize()
-        metrics = {name: float(value) for name, value in zip(COCO_METRIC_NAMES, evaluation.stats)}
+        metrics = {name: float(value) for name, value in zip(METRIC_NAMES[iou_type], evaluation.stats)}
         return metrics, table.getvalue(), self._per_class_ap(evaluation)
 
     def _per_class_ap(self, evaluation):
@@ -212,25 +264,56 @@ class CocoEvaluator:
         return per_class
 
 
-def _load_ground_truth(ground_truth):
-    """A pycocotools COCO from a path, a dict (deep-copied: COCOeval writes into it) or a COCO."""
+def _check_iou_types(iou_types):
+    """The IoU types as a tuple in METRIC_NAMES order; a single name is taken as one type."""
+    given = (iou_types,) if isinstance(iou_types, str) else tuple(iou_types)
+    unknown = [iou_type for iou_type in given if iou_type not in METRIC_NAMES]
+    if unknown or not given:
+        raise ValueError(f"iou_types {iou_types!r}: expected one or both of {tuple(METRIC_NAMES)}")
+    return tuple(iou_type for iou_type in METRIC_NAMES if iou_type in given)
+
+
+def _load_ground_truth(ground_truth, masks):
+    """A pycocotools COCO from a path, a dict (deep-copied: COCOeval writes into it) or a COCO.
+
+    With `masks` every annotation must carry a segmentation (polygons or RLE) to score against.
+    """
+    fields = SEGM_FIELDS if masks else COCOEVAL_FIELDS
     if isinstance(ground_truth, COCO):
-        check_annotations(ground_truth.dataset, "ground-truth COCO object", COCOEVAL_FIELDS)
-        return ground_truth
-    if isinstance(ground_truth, Mapping):
-        dataset = copy.deepcopy(dict(ground_truth))
-        check_annotations(dataset, "ground-truth dict", COCOEVAL_FIELDS)
+        source, dataset = "ground-truth COCO object", ground_truth.dataset
+        check_annotations(dataset, source, fields)
+    elif isinstance(ground_truth, Mapping):
+        source, dataset = "ground-truth dict", copy.deepcopy(dict(ground_truth))
+        check_annotations(dataset, source, fields)
     elif isinstance(ground_truth, (str, os.PathLike)):
-        dataset = load_annotations(ground_truth, COCOEVAL_FIELDS)
+        source, dataset = os.fspath(ground_truth), load_annotations(ground_truth, fields)
     else:
         raise TypeError(
             f"ground_truth must be a path, a COCO-format dict or a pycocotools COCO, not {type(ground_truth)}"
         )
+    if masks:
+        _check_segmentations(dataset["annotations"], source)
+    if isinstance(ground_truth, COCO):
+        return ground_truth
     coco = COCO()
     coco.dataset = dataset
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
     return coco
+
+
+def _check_segmentations(annotations, source):
+    """A DataError naming the first annotation whose segmentation is neither polygons nor an RLE."""
+    for n, annotation in enumerate(annotations):
+        segmentation = annotation["segmentation"]
+        if isinstance(segmentation, list) and segmentation:
+            continue
+        if isinstance(segmentation, dict) and {"counts", "size"} <= segmentation.keys():
+            continue
+        raise DataError(
+            f"{source}: annotations[{n}] (id {annotation.get('id')}) has no polygons or RLE in "
+            f"'segmentation' (got {segmentation!r:.60}); mask scoring needs one per object."
+        )
 
 
 def _class_names(categories):
@@ -297,6 +380,22 @@ def _check_detections(detections, batch):
                 f"detections['num_detections'] {num_detections.tolist()} is outside [0, K={expected[1]}]"
             )
     return boxes, scores, classes.astype(np.int64), num_detections
+
+
+def _check_masks(detections, boxes_shape):
+    """detections["masks"] as float32 [B, K, M, M], checked against the boxes [B, K, 4]."""
+    if "masks" not in detections:
+        raise ValueError(
+            f"detections has no 'masks', which iou_types 'segm' scores (a Mask R-CNN's predict gives them); "
+            f"got keys {sorted(detections)}"
+        )
+    masks = np.asarray(detections["masks"], np.float32)
+    if masks.ndim != 4 or masks.shape[:2] != boxes_shape[:2]:
+        raise ValueError(
+            f"detections['masks'] has shape {masks.shape}; expected "
+            f"({boxes_shape[0]}, {boxes_shape[1]}, M, M) to match detections['boxes'] {boxes_shape}"
+        )
+    return masks
 
 
 def _empty_results(ground_truth):

@@ -8,7 +8,7 @@ from spinenet_tf.data.coco import COCO_CATEGORY_NAMES, category_names
 from spinenet_tf.errors import ModelError
 from spinenet_tf.export.predictor import TFLITE_LABELS_FILE
 from spinenet_tf.export.saved_model import export_saved_model, write_labels
-from spinenet_tf.export.serving import letterbox_uint8
+from spinenet_tf.export.serving import letterbox_uint8, model_image_size
 from spinenet_tf.export.tflite import export_tflite
 
 FORMATS = ("saved_model", "tflite")
@@ -83,5 +83,5 @@ def _export(model, out, export_format, quantize, version, labels, calibration=No
     path = os.path.join(out, tflite_file_name(quantize))
     export_tflite(model, path, quantize, calibration)
     if labels:
-        write_labels(os.path.join(out, TFLITE_LABELS_FILE), labels, model.input.shape[1])
+        write_labels(os.path.join(out, TFLITE_LABELS_FILE), labels, model_image_size(model))
     return path

@@ -1,7 +1,8 @@
 """One interface over exported models (a SavedModel directory, a .tflite file) and Keras ones.
 
 `load_predictor(path)(image)` takes a uint8 [H, W, 3] image of any size and returns its
-detections in that image's pixels, as numpy arrays trimmed to the real detections;
+detections in that image's pixels, as numpy arrays trimmed to the real detections (with
+"masks" [K, 28, 28] in each box's frame for Mask R-CNN);
 `preset_predictor(name)` does the same with a pretrained preset's Keras model.
 """
 
@@ -31,11 +32,14 @@ def _read_labels(path):
 
 def _trim(outputs, index=0):
     count = int(np.asarray(outputs["num_detections"])[index])
-    return {
+    trimmed = {
         "boxes": np.asarray(outputs["detection_boxes"])[index, :count],
         "scores": np.asarray(outputs["detection_scores"])[index, :count],
         "classes": np.asarray(outputs["detection_classes"])[index, :count].astype(np.int64),
     }
+    if "detection_masks" in outputs:
+        trimmed["masks"] = np.asarray(outputs["detection_masks"])[index, :count]
+    return trimmed
 
 
 class SavedModelPredictor:
@@ -77,7 +81,9 @@ class KerasPredictor:
     def __call__(self, image):
         answers = self.model.predict_on_batch(np.asarray(image)[None])
         count = int(answers["num_detections"][0])
-        return {key: answers[key][0, :count] for key in ("boxes", "scores", "classes")}
+        return {
+            key: np.asarray(value)[0, :count] for key, value in answers.items() if key != "num_detections"
+        }
 
 
 def preset_predictor(name, checkpoint=None):
@@ -98,12 +104,17 @@ def load_predictor(path, num_threads=None):
 
 
 def coco_metrics(predictor, source, annotations_file):
-    """The 12 COCO metrics of an exported model on a dataset source (see data.pipeline)."""
+    """The COCO metrics of an exported model on a dataset source (see data.pipeline): box, and
+    mask when it predicts masks."""
     from spinenet_tf.data.pipeline import decode
     from spinenet_tf.evaluation import CocoEvaluator
 
-    evaluator = CocoEvaluator(annotations_file)
+    evaluator = None
     for example in source.dataset().map(decode).ignore_errors():
         detections = predictor(example["image"].numpy())
+        if evaluator is None:
+            evaluator = CocoEvaluator(
+                annotations_file, iou_types=("bbox", "segm") if "masks" in detections else "bbox"
+            )
         evaluator.update(example["image_id"].numpy()[None], {k: v[None] for k, v in detections.items()})
-    return evaluator.result()
+    return (evaluator or CocoEvaluator(annotations_file)).result()

@@ -1,4 +1,5 @@
-"""Serving graphs: images, encoded image bytes or tf.Examples in; final detections out.
+"""Serving graphs: images, encoded image bytes or tf.Examples in; final detections (and, for
+Mask R-CNN, `detection_masks` [B, D, 28, 28] in each box's frame) out.
 
 Every input goes through the detector's own `ImageConverter` (letterboxed to the model
 size, normalised) inside the graph, as `predict` does, and detections are mapped back to
@@ -21,7 +22,7 @@ IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a",
 
 def model_image_size(model):
     """The static square input size of a detector built for serving."""
-    height, width = model.input.shape[1:3]
+    height, width = model.backbone.input.shape[1:3]
     if height is None or height != width:
         raise ModelError(f"Export needs a detector built for a static square input, got {height}x{width}.")
     return int(height)
@@ -48,12 +49,15 @@ def to_serving_outputs(detections, scales=None, original_sizes=None):
     boxes = detections["boxes"]
     if scales is not None:
         boxes = boxes_to_original(boxes, scales, original_sizes)
-    return {
+    outputs = {
         "detection_boxes": boxes,
         "detection_scores": detections["scores"],
         "detection_classes": detections["classes"],
         "num_detections": detections["num_detections"],
     }
+    if "masks" in detections:  # [B, D, M, M] in each box's frame: unchanged by the letterbox
+        outputs["detection_masks"] = detections["masks"]
+    return outputs
 
 
 def _with_size_check(image, where):
@@ -81,7 +85,7 @@ def _decode(encoded, index, input_name):
 
 
 class DetectorServing:
-    """The serving functions of a detector (a RetinaNet built for a static square input)."""
+    """The serving functions of a detector (RetinaNet or MaskRCNN) built for a static square input."""
 
     def __init__(self, model):
         self.model = model

@@ -10,7 +10,8 @@ outputs, under the signature `serving_default`. Quantisation modes:
 - `dynamic`: int8 weights, activations quantised on the fly.
 - `int8`: the float model's backbone (and decoder) quantised to int8 weights and
   activations, calibrated on representative images, by `ai_edge_quantizer` on the float
-  .tflite. The RetinaNet head (class and box subnets, the raw outputs) and the
+  .tflite. The RetinaNet head (class and box subnets, the raw outputs: the model's
+  `int8_float_layers`) and the
   post-processing (box decoding, NMS) stay float: with an int8 head, COCO AP falls 4
   points under float on the synthetic benchmark (AP50 1), most of it from the box subnet;
   and a quantised IoU division fails on empty boxes. The TF converter's int8 mode cannot
@@ -34,8 +35,6 @@ from spinenet_tf.export.serving import (
 )
 
 QUANTIZATIONS = ("none", "fp16", "dynamic", "int8")
-# Keras layer names of the RetinaNet head (detection/head.py), left in float by int8.
-HEAD_LAYERS = ("class_net", "box_net", "class_logits", "box_deltas")
 
 
 def _write_float_saved_model(model, directory):
@@ -43,7 +42,8 @@ def _write_float_saved_model(model, directory):
 
     def serve(images):
         raw, detections = detect_letterboxed(model, tf.cast(images, tf.float32))
-        return {**to_serving_outputs(detections), **raw}
+        # The raw outputs too where they are not the detections themselves (RetinaNet's).
+        return {**to_serving_outputs(detections), **{k: v for k, v in raw.items() if k not in detections}}
 
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -51,7 +51,7 @@ def _write_float_saved_model(model, directory):
     archive.write_out(directory, verbose=False)
 
 
-def _float_scopes_regex(float_tflite):
+def _float_scopes_regex(float_tflite, float_layers):
     """A regex matching the ops that int8 leaves in float, by their output tensor names (the
     op's "scope" for ai_edge_quantizer, several outputs joined by ';'): the post-processing
     scope, the head's layers and the ops giving the signature's outputs."""
@@ -64,7 +64,7 @@ def _float_scopes_regex(float_tflite):
         for signature in interpreter._get_full_signature_list().values()
         for index in signature["outputs"].values()
     ]
-    scopes = [f"(?:^|;){re.escape(POSTPROCESS_SCOPE)}/", rf"/(?:{'|'.join(HEAD_LAYERS)})_"]
+    scopes = [f"(?:^|;){re.escape(POSTPROCESS_SCOPE)}/", rf"/(?:{'|'.join(float_layers)})_"]
     scopes += [f"(?:^|;){re.escape(name)}(?:;|$)" for name in outputs]
     return "|".join(scopes)
 
@@ -76,6 +76,12 @@ def export_tflite(model, path, quantize="none", representative_images=None):
     """
     if quantize not in QUANTIZATIONS:
         raise ModelError(f"quantize must be one of {QUANTIZATIONS}, got {quantize!r}.")
+    float_layers = getattr(model, "int8_float_layers", None)
+    if quantize == "int8" and not float_layers:
+        raise ModelError(
+            f"int8 export covers RetinaNet; export a {type(model).__name__} with quantize none, fp16 "
+            "or dynamic."
+        )
     if quantize == "int8" and representative_images is None:
         raise ModelError("int8 quantisation needs representative images (the training data's).")
     with tempfile.TemporaryDirectory() as directory:
@@ -87,7 +93,7 @@ def export_tflite(model, path, quantize="none", representative_images=None):
         if quantize == "none":
             content = converter().convert()
         elif quantize == "int8":
-            content = _quantize_int8(converter().convert(), representative_images)
+            content = _quantize_int8(converter().convert(), representative_images, float_layers)
         elif quantize in ("fp16", "dynamic"):
             conversion = converter()
             conversion.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -102,7 +108,7 @@ def export_tflite(model, path, quantize="none", representative_images=None):
     return len(content)
 
 
-def _quantize_int8(float_tflite, representative_images):
+def _quantize_int8(float_tflite, representative_images, float_layers):
     """Static int8 quantisation of a float .tflite but for the ops of `_float_scopes_regex`.
 
     Weights: int8 symmetric per output channel; activations: int8 asymmetric per tensor,
@@ -133,7 +139,11 @@ def _quantize_int8(float_tflite, representative_images):
     }
     recipe = [  # the last rule matching an op wins
         {"regex": ".*", "operation": "*", "algorithm_key": "min_max_uniform_quantize", "op_config": int8},
-        {"regex": _float_scopes_regex(float_tflite), "operation": "*", "algorithm_key": "no_quantize"},
+        {
+            "regex": _float_scopes_regex(float_tflite, float_layers),
+            "operation": "*",
+            "algorithm_key": "no_quantize",
+        },
     ]
     quantization = quantizer.Quantizer(float_tflite, recipe)
     calibration = quantization.calibrate(

@@ -17,7 +17,6 @@ import yaml
 from spinenet_tf import builders
 from spinenet_tf.cache import cache_dir
 from spinenet_tf.data.synthetic import write_synthetic_coco
-from spinenet_tf.detection.retinanet import RetinaNet
 from spinenet_tf.errors import ConfigError
 
 EXPERIMENTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
@@ -30,8 +29,9 @@ INIT_MODULES = (("backbone",), ("all",))
 
 @dataclasses.dataclass
 class ModelConfig:
+    type: str = "retinanet"  # or "maskrcnn" (Mask / Faster / Cascade R-CNN)
     backbone: dict = dataclasses.field(default_factory=lambda: {"type": "spinenet", "model_id": "49"})
-    detector: dict = dataclasses.field(default_factory=dict)  # RetinaNet arguments
+    detector: dict = dataclasses.field(default_factory=dict)  # RetinaNet / MaskRCNN arguments
     num_classes: int = 91
     freeze_backbone: bool = False
     # Starting weights of a fresh run (see `initialize.py`): a .keras file, a run's model dir or
@@ -66,6 +66,9 @@ class DataConfig:
     copy_paste_probability: float = 0.0
     shuffle_buffer: int = 1000
     cache: bool = False
+    # Side of each object's mask cropped to its box, in the labels of detectors with masks
+    # (Model Garden's mask_crop_size).
+    mask_crop_size: int = 112
     # write_synthetic_coco arguments: the dataset is written if absent. Without out_dir it goes
     # to a cache directory, and train/val default to its splits.
     synthetic: dict | None = None
@@ -197,7 +200,8 @@ def _check_model(model, image_size):
     backbone = {name: value for name, value in model.backbone.items() if name != "type"}
     cls = builders.backbone_class(model.backbone, "model.backbone", error=ConfigError)
     _check_constructor_keys("model.backbone", backbone, cls, MANAGED_BACKBONE_ARGUMENTS)
-    _check_constructor_keys("model.detector", model.detector, RetinaNet, MANAGED_DETECTOR_ARGUMENTS)
+    detector = builders.detector_class(model.type, error=ConfigError)
+    _check_constructor_keys("model.detector", model.detector, detector, MANAGED_DETECTOR_ARGUMENTS)
     if model.init_modules not in INIT_MODULES:
         raise ConfigError(
             f"model.init_modules: {list(model.init_modules)} is not one of the allowed values "
@@ -207,7 +211,7 @@ def _check_model(model, image_size):
         raise ConfigError(
             f"model.num_classes: must be >= 2 (class 0 is background), got {model.num_classes}."
         )
-    detector_defaults = builders.constructor_arguments(RetinaNet)
+    detector_defaults = builders.constructor_arguments(detector)
     min_level = model.detector.get("min_level", detector_defaults["min_level"])
     max_level = model.detector.get("max_level", detector_defaults["max_level"])
     if min_level > max_level:
@@ -227,8 +231,9 @@ def _check_model(model, image_size):
 
 def _check_weight_decay(model, optimizer):
     """L2 is given once: the detector's weight_decay, AdamW's decoupled decay or a backbone regularizer."""
+    detector = builders.detector_class(model.type, error=ConfigError)
     detector_decay = model.detector.get(
-        "weight_decay", builders.constructor_arguments(RetinaNet)["weight_decay"]
+        "weight_decay", builders.constructor_arguments(detector)["weight_decay"]
     )
     if optimizer.weight_decay and optimizer.type != "adamw":
         raise ConfigError(
@@ -244,7 +249,7 @@ def _check_weight_decay(model, optimizer):
         if value
     ]
     if detector_decay and twice:
-        given = "" if "weight_decay" in model.detector else ", RetinaNet's default"
+        given = "" if "weight_decay" in model.detector else f", {detector.__name__}'s default"
         raise ConfigError(
             f"model.detector.weight_decay ({detector_decay}{given}) and {twice[0]} both put L2 on the "
             "weights, so they would be decayed twice; set one of them to 0."
@@ -305,6 +310,7 @@ def validate(config):
         "train.keep_checkpoints": train.keep_checkpoints,
         "eval.batch_size": config.eval.batch_size,
         "data.max_boxes": data.max_boxes,
+        "data.mask_crop_size": data.mask_crop_size,
     }
     for key, value in counts.items():
         if value < 1:
@@ -346,12 +352,17 @@ def experiment_names():
 
 
 def experiment_path(name_or_path):
-    """A YAML file path as it is, or the file of a shipped experiment: "synthetic", "retinanet/synthetic"."""
+    """A YAML file path as it is, or the file of a shipped experiment: "maskrcnn/synthetic",
+    "experiments/maskrcnn/synthetic.yaml", or a bare name ("synthetic": the RetinaNet one
+    where several tasks ship that name)."""
     name_or_path = os.fspath(name_or_path)
     if os.path.isfile(name_or_path):
         return name_or_path
-    name = name_or_path.removesuffix(".yaml")
+    name = name_or_path.removesuffix(".yaml").removeprefix("spinenet_tf/").removeprefix("experiments/")
     matches = [known for known in experiment_names() if name in (known, known.rsplit("/", 1)[-1])]
+    default_folder = DEFAULT_EXPERIMENT.split("/")[0] + "/"
+    if len(matches) > 1:
+        matches = [known for known in matches if known.startswith(default_folder)] or matches
     if len(matches) == 1:
         return os.path.join(EXPERIMENTS_DIR, *matches[0].split("/")) + ".yaml"
     raise ConfigError(

@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 import yaml
 
-from spinenet_tf.builders import build_detector
+from spinenet_tf.builders import build_detector, predicts_masks
 from spinenet_tf.data.coco import category_names, load_annotations
 from spinenet_tf.data.pipeline import eval_dataset, make_source, train_dataset, unpad
 from spinenet_tf.data.synthetic import write_synthetic_coco
@@ -58,7 +58,11 @@ def ensure_synthetic_dataset(data):
 def build_model(config):
     """The detector of `config` (build it inside the distribution's scope, then compile)."""
     keras.config.set_dtype_policy(config.runtime.mixed_precision)
-    model_config = {"backbone": config.model.backbone, "num_classes": config.model.num_classes}
+    model_config = {
+        "type": config.model.type,
+        "backbone": config.model.backbone,
+        "num_classes": config.model.num_classes,
+    }
     model_config.update(config.model.detector)
     model = build_detector(model_config, config.data.image_size, config.runtime.sync_batch_norm)
     if config.model.freeze_backbone:
@@ -173,15 +177,17 @@ def _check_classes(config, source):
 
 
 def _training_dataset(config):
+    """(the training tf.data.Dataset, its Source: whose report counts the mask problems met)."""
     split = config.data.train
-    source = make_source(split)
+    data = config.data
+    with_masks = predicts_masks(config.model.type, config.model.detector)
+    source = make_source(split, check_masks=with_masks or data.copy_paste_probability > 0)
     if source.num_boxes == 0:
         raise DataError(
             f"{split.annotations}: the training split (data.train) has no boxes to learn from; a model "
             "trained on it would only learn background. Check the annotations file."
         )
     _check_classes(config, source)
-    data = config.data
     dataset = train_dataset(
         source,
         data.image_size,
@@ -192,11 +198,12 @@ def _training_dataset(config):
         data.copy_paste_probability,
         data.shuffle_buffer,
         data.cache,
+        mask_crop_size=data.mask_crop_size if with_masks else None,
     )
     options = tf.data.Options()
     # Workers of a multi-worker run take alternate per-replica slices of each global batch.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return dataset.with_options(options)
+    return dataset.with_options(options), source
 
 
 def _checkpoints(config, model_dir, write=True):
@@ -226,7 +233,7 @@ def train(config, model_dir, verbose=1):
         ensure_synthetic_dataset(config.data)
         with open(os.path.join(model_dir, "config.yaml"), "w") as f:
             yaml.safe_dump(to_dict(config), f, sort_keys=False)
-    dataset = _training_dataset(config)
+    dataset, source = _training_dataset(config)
 
     checkpoints = _checkpoints(config, model_dir, write=distribution.is_chief)
     with distribution.scope():
@@ -261,6 +268,8 @@ def train(config, model_dir, verbose=1):
             verbose=0,
             shuffle=False,
         )
+        if source.report.counts:  # problems met while reading (TFRecord masks are only seen then)
+            print(source.report.summary(), flush=True)
     if not distribution.is_chief:
         return None
     if replicas > 1:  # evaluate on one device, whatever the val batch sizes
@@ -349,7 +358,8 @@ def evaluate(config, model_dir, model=None):
         if not _checkpoints(config, model_dir).restore(model):
             raise FileNotFoundError(f"No checkpoint in {os.path.join(model_dir, 'checkpoints')} to evaluate.")
     split = config.data.val
-    evaluator = CocoEvaluator(split.annotations)
+    masks = getattr(model, "include_mask", False)
+    evaluator = CocoEvaluator(split.annotations, iou_types=("bbox", "segm") if masks else ("bbox",))
     examples = []  # (image id, photo, its detections) for TensorBoard
     for images, meta in eval_dataset(make_source(split), config.eval.batch_size):
         photos = unpad(images, meta["original_size"])
@@ -359,7 +369,9 @@ def evaluate(config, model_dir, model=None):
         for index in range(min(len(photos), NUM_EVAL_IMAGES - len(examples))):
             count = int(detections["num_detections"][index])
             found = {
-                key: np.asarray(detections[key][index])[:count] for key in ("boxes", "scores", "classes")
+                key: np.asarray(detections[key][index])[:count]
+                for key in ("boxes", "scores", "classes", "masks")
+                if key in detections
             }
             examples.append((int(image_ids[index]), photos[index], found))
     metrics, per_class_ap = evaluator.result(), evaluator.per_class_ap()

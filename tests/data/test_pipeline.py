@@ -71,9 +71,9 @@ def test_tfrecord_round_trip_keeps_labels_and_masks(coco, tmp_path):
     summary = coco_to_tfrecord(*coco, tmp_path / "out" / "train", num_shards=2, verbose=0)
     assert summary["images"] == 4 and len(summary["shards"]) == 2
     records = {r.image_id: r for r in read_coco(*coco).records}
-    parsed = tfrecord_source(str(tmp_path / "out" / "train-*")).dataset(with_masks=True)
+    source = tfrecord_source(str(tmp_path / "out" / "train-*"))
     seen = set()
-    for example in parsed.map(lambda e: decode(e, with_masks=True)):
+    for example in source.dataset(with_masks=True).map(lambda e: decode(e, source.report)):
         record = records[int(example["image_id"])]
         seen.add(record.image_id)
         np.testing.assert_allclose(example["boxes"].numpy(), record.boxes, atol=1e-4)
@@ -81,7 +81,7 @@ def test_tfrecord_round_trip_keeps_labels_and_masks(coco, tmp_path):
         np.testing.assert_array_equal(example["is_crowd"].numpy(), record.is_crowd)
         np.testing.assert_array_equal(example["masks"].numpy(), record.masks())
         assert example["image"].shape == (record.height, record.width, 3)
-    assert seen == set(records)
+    assert seen == set(records) and source.report.counts == {}
 
 
 def _damage_middle(path):

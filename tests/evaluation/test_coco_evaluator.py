@@ -254,8 +254,10 @@ def test_bad_ground_truth_is_a_clear_error(tmp_path):
         no_size.createIndex()
     with pytest.raises(DataError, match=r"ground-truth COCO object: images\[1\] \(id 2\) has no \['width'\]"):
         CocoEvaluator(no_size)
-    with pytest.raises(ValueError, match="iou_type 'segm' is not supported"):
-        CocoEvaluator(coco_dict(), iou_type="segm")
+    with pytest.raises(ValueError, match=r"iou_types \('bbox', 'keypoints'\): expected one or both of"):
+        CocoEvaluator(coco_dict(), iou_types=("bbox", "keypoints"))
+    with pytest.raises(ValueError, match=r"iou_types \(\): expected one or both of \('bbox', 'segm'\)"):
+        CocoEvaluator(coco_dict(), iou_types=())
 
 
 def test_bad_detections_are_clear_errors_and_change_nothing():

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from spinenet_tf.detection.retinanet import RetinaNet
 from spinenet_tf.export import TFLiteDetector, export_tflite
 from spinenet_tf.export.serving import POSTPROCESS_SCOPE, detect_letterboxed, letterbox_uint8
-from spinenet_tf.export.tflite import HEAD_LAYERS
 from tests.helpers import random_image, spread_detector
 
 # Largest |tflite - keras| / max |keras| of the raw outputs; measured on this random model:
@@ -56,7 +56,9 @@ def test_tflite_outputs_match_keras_within_the_quantisation_tolerance(model_and_
         convolutions = [
             t for name, t in tensors.items() if name.endswith("convolution") and len(t["shape"]) == 4
         ]
-        in_head = [any(f"/{layer}_" in t["name"] for layer in HEAD_LAYERS) for t in convolutions]
+        in_head = [
+            any(f"/{layer}_" in t["name"] for layer in RetinaNet.int8_float_layers) for t in convolutions
+        ]
         assert not all(in_head) and all(t["dtype"] == np.int8 for t, h in zip(convolutions, in_head) if not h)
         assert any(in_head) and all(t["dtype"] == np.float32 for t, h in zip(convolutions, in_head) if h)
         assert tensors[f"{POSTPROCESS_SCOPE}/truediv"]["dtype"] == np.float32

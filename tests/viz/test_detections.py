@@ -2,6 +2,7 @@ import numpy as np
 
 from spinenet_tf.viz.detections import (
     CAPTION_HEIGHT,
+    MASK_OPACITY,
     PANEL_GAP,
     class_colour,
     draw_detections,
@@ -41,3 +42,23 @@ def test_ground_truth_and_detections_side_by_side():
     assert colour_at(picture, CAPTION_HEIGHT + 50, right + 25) == (GREY,) * 3
     assert colour_at(picture, CAPTION_HEIGHT + 25, right + 60) == class_colour(4)  # detection, right
     assert colour_at(picture, CAPTION_HEIGHT + 25, 60) == (GREY,) * 3
+
+
+def test_masks_are_filled_translucent_under_their_boxes_and_nowhere_else():
+    left_half = np.zeros((28, 28), np.float32)
+    left_half[:, :14] = 1.0
+    boxes = np.array([[10, 10, 40, 50], [5, 60, 25, 75]], np.float32)
+    plain = {"boxes": boxes, "scores": np.array([0.9, 0.2]), "classes": np.array([1, 2])}
+    with_masks = {**plain, "masks": np.stack([left_half, np.ones((28, 28), np.float32)])}
+    without = np.asarray(draw_detections(grey_image(), plain, min_score=0.5))
+    picture = np.asarray(draw_detections(grey_image(), with_masks, min_score=0.5))
+
+    # The kept box's left half (rows 10..39, columns 10..29) is tinted, except where its outline
+    # and label are drawn on top; the 0.2 detection's mask is left out with its box.
+    mask = np.zeros((60, 80), bool)
+    mask[10:40, 10:30] = True
+    untouched = np.all(without == GREY, axis=-1)
+    np.testing.assert_array_equal(np.any(picture != without, axis=-1), mask & untouched)
+    tint = np.round((1 - MASK_OPACITY) * GREY + MASK_OPACITY * np.array(class_colour(1))).astype(int)
+    assert colour_at(picture, 30, 20) == tuple(tint)
+    assert colour_at(picture, 25, 10) == class_colour(1)  # the box's left edge, drawn over its fill
