@@ -40,7 +40,7 @@ def run_serialization_test(model):
     assert _weight_shapes(revived) == _weight_shapes(model)
 
 
-def _perturb_float_weights(model, seed=0):
+def perturb_float_weights(model, seed=0):
     """Scales every float weight by 0.9..1.1 and adds 0..0.01, so that no weight keeps the value a
     fresh model starts with (BN's moving statistics start at 0 and 1, biases at 0)."""
     rng = np.random.default_rng(seed)
@@ -58,7 +58,7 @@ def run_saving_test(model, inputs, tmp_path):
     The model's float weights are perturbed first: a reload that drops a weight, or builds
     one afresh, then shows even where a fresh value is a constant (BN statistics, biases).
     """
-    _perturb_float_weights(model)
+    perturb_float_weights(model)
     expected = model(inputs, training=False)
     path = tmp_path / "model.keras"
     model.save(path)

@@ -6,6 +6,8 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
+from keras.ops import convert_to_numpy as keras_numpy
 
 from spinenet_tf import SpineNet
 
@@ -14,6 +16,8 @@ import json, sys
 sys.modules["tensorflow"] = None  # model code must not need TensorFlow
 import numpy as np
 import keras
+from keras.ops import convert_to_numpy as keras_numpy
+
 from spinenet_tf import SpineNet
 assert keras.backend.backend() == "jax"
 config, weights, inputs, out = sys.argv[1:]
@@ -58,7 +62,14 @@ def test_same_outputs_on_jax_as_on_tensorflow(tmp_path):
         np.testing.assert_allclose(outputs["jit_" + name], value.numpy(), rtol=1e-4, atol=1e-4)
 
 
-def test_detection_ops_pass_their_hand_computed_cases_on_jax():
+@pytest.mark.parametrize(
+    "test_file",
+    [
+        "tests/detection/test_ops.py",
+        pytest.param("tests/detection/test_two_stage_ops.py", marks=pytest.mark.slow),  # 50 s of compiles
+    ],
+)
+def test_detection_ops_pass_their_hand_computed_cases_on_jax(test_file):
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
     result = subprocess.run(
         [
@@ -70,7 +81,7 @@ def test_detection_ops_pass_their_hand_computed_cases_on_jax():
             "no:cacheprovider",
             "-n",
             "0",
-            "tests/detection/test_ops.py",
+            test_file,
         ],
         env=env,
         capture_output=True,
@@ -80,3 +91,60 @@ def test_detection_ops_pass_their_hand_computed_cases_on_jax():
     )
     assert result.returncode == 0, result.stdout[-3000:]
     assert " passed" in result.stdout and "failed" not in result.stdout
+
+
+MASK_RCNN_JAX_SCRIPT = """
+import json, sys
+sys.modules["tensorflow"] = None  # model code must not need TensorFlow
+import numpy as np
+import keras
+from spinenet_tf import MaskRCNN
+assert keras.backend.backend() == "jax"
+config, weights, inputs, labels, out = sys.argv[1:]
+model = MaskRCNN.from_config(json.loads(config))
+model.load_weights(weights)
+x = np.load(inputs)
+detections = model(x, training=False)
+statistics = [w for w in model.non_trainable_weights if w.path.endswith("moving_mean")]
+before = [np.array(w.value) for w in statistics]
+model.compile(optimizer=keras.optimizers.Adam(1e-3))
+loss = model.train_on_batch(x, dict(np.load(labels)))
+moved = sum(not np.allclose(np.array(w.value), b) for w, b in zip(statistics, before))
+np.savez(out, loss=loss, moved=moved, **{k: np.asarray(v) for k, v in detections.items()})
+"""
+
+
+@pytest.mark.slow  # tracing the two-stage training step under JAX: 60 s
+def test_mask_rcnn_detects_alike_and_trains_on_jax(tmp_path):
+    """The same detections and masks as on TensorFlow; a training step updates the batch-norm
+    statistics of every network (the second stage runs inside `call`, also in training)."""
+    from spinenet_tf.layers.image_converter import normalise_image
+    from tests.helpers import synthetic_instances, tiny_mask_rcnn
+    from tests.test_case import perturb_float_weights
+
+    photos, labels, _ = synthetic_instances(2)
+    x = keras_numpy(normalise_image(photos))
+    model = tiny_mask_rcnn()
+    perturb_float_weights(model)
+    expected = model(x, training=False)
+    model.save_weights(tmp_path / "w.weights.h5")
+    np.save(tmp_path / "x.npy", x)
+    np.savez(tmp_path / "labels.npz", **labels)
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    arguments = [json.dumps(model.get_config()), tmp_path / "w.weights.h5", tmp_path / "x.npy"]
+    arguments += [tmp_path / "labels.npz", tmp_path / "out.npz"]
+    result = subprocess.run(
+        [sys.executable, "-c", MASK_RCNN_JAX_SCRIPT, *map(str, arguments)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    outputs = np.load(tmp_path / "out.npz")
+    count = int(expected["num_detections"][0])
+    assert count > 0 and (outputs["num_detections"] == keras_numpy(expected["num_detections"])).all()
+    for name in ("boxes", "scores", "classes", "masks"):
+        np.testing.assert_allclose(outputs[name], keras_numpy(expected[name]), rtol=1e-3, atol=1e-3)
+    assert np.isfinite(outputs["loss"])
+    assert int(outputs["moved"]) > 20  # backbone, RPN, box head and mask head statistics

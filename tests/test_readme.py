@@ -45,3 +45,4 @@ def test_readme_python_examples_run_as_written(tmp_path):
     assert "'P3': (2, 80, 80, 256)" in printed and "'P7': (2, 5, 5, 256)" in printed
     assert "trainable_params=21831488" in printed
     assert "(2, 100, 4)" in printed
+    assert "(1, 100, 28, 28)" in printed  # Mask R-CNN masks
