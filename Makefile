@@ -48,6 +48,7 @@ bench: install
 	$(BIN)/python -m benchmarks.target_assignment
 	$(BIN)/python -m benchmarks.input_pipeline
 	$(BIN)/python -m benchmarks.cpu_inference
+	$(BIN)/python -m benchmarks.two_stage_inference
 	$(BIN)/python -m benchmarks.training_throughput
 	KERAS_BACKEND=jax $(BIN)/python -m benchmarks.accelerator_throughput
 	$(BIN)/python -m benchmarks.accuracy_budget

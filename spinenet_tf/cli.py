@@ -147,9 +147,20 @@ def _read_image(path):
         raise ValueError(f"{path}: cannot read it as an image ({message})") from error
 
 
+def _segmentations(detections, keep, height, width):
+    """COCO compressed RLEs ({"size": [H, W], "counts"}, as in COCO results files) of the kept
+    detections' masks, pasted on the photo as the picture and COCO evaluation paste them."""
+    from spinenet_tf.masks import paste_and_encode
+
+    encoded = paste_and_encode(detections["masks"][keep], detections["boxes"][keep], height, width)
+    return [{"size": rle["size"], "counts": rle["counts"].decode("ascii")} for rle in encoded]
+
+
 def predict_command(args):
     import json
     import os
+
+    import numpy as np
 
     from spinenet_tf.export.predictor import load_predictor, preset_predictor
     from spinenet_tf.viz.detections import draw_detections
@@ -170,6 +181,7 @@ def predict_command(args):
         stem = os.path.splitext(os.path.basename(path))[0]
         picture = draw_detections(image, detections, predictor.labels, args.min_score)
         picture.save(os.path.join(args.out, f"{stem}.png"))
+        keep = np.asarray(detections["scores"]) >= args.min_score
         found = [
             {
                 "box_yxyx": [round(float(v), 2) for v in box],
@@ -177,9 +189,13 @@ def predict_command(args):
                 "class_id": int(class_id),
                 "label": predictor.labels.get(int(class_id), str(int(class_id))),
             }
-            for box, score, class_id in zip(detections["boxes"], detections["scores"], detections["classes"])
-            if score >= args.min_score
+            for box, score, class_id in zip(
+                detections["boxes"][keep], detections["scores"][keep], detections["classes"][keep]
+            )
         ]
+        if "masks" in detections:
+            for entry, segmentation in zip(found, _segmentations(detections, keep, *image.shape[:2])):
+                entry["segmentation"] = segmentation
         results.append(
             {"image": path, "height": image.shape[0], "width": image.shape[1], "detections": found}
         )

@@ -57,3 +57,14 @@ def _weights(pixels, low, high, cells):
     weights[index, below] = 1 - fraction
     weights[index, above] += fraction  # the same cell as `below` only at the last one, with fraction 0
     return weights
+
+
+def paste_and_encode(masks, boxes, height, width, threshold=0.5):
+    """`paste_masks`' full-image masks as COCO compressed RLEs ({"size": [H, W], "counts": bytes}),
+    the form of COCO results files: one per box."""
+    from pycocotools import mask as mask_utils  # loaded on use: pasting needs NumPy only
+
+    if len(masks) == 0:
+        return []
+    pasted = paste_masks(masks, boxes, height, width, threshold)
+    return mask_utils.encode(np.asfortranarray(pasted.transpose(1, 2, 0)))

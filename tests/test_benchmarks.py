@@ -20,13 +20,14 @@ from benchmarks import (
     plot,
     target_assignment,
     training_throughput,
+    two_stage_inference,
 )
 from benchmarks.model_garden import VENV, Server
 from benchmarks.report import write_section
 from benchmarks.results import load_results, save_results
 from spinenet_tf import MODEL_IDS
 from spinenet_tf.data.synthetic import write_synthetic_coco
-from spinenet_tf.published import DETECTOR_REFERENCE
+from spinenet_tf.published import DETECTOR_REFERENCE, TWO_STAGE_REFERENCE
 from spinenet_tf.training.config import load_config, to_dict
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -154,6 +155,63 @@ def test_model_garden_comparison_divides_ours_by_theirs():
     table = cpu_inference.comparison_table(ours, theirs)
     assert table[2] == "| 49 | 1 | XLA | 30 | 60 | 0.50 | +0 |"
     assert "skipped: benchmarks.model_garden_inference failed: ImportError" in table[3]
+
+
+def test_two_stage_tables_compare_ours_with_model_garden():
+    rows = [
+        {
+            "model": "maskrcnn-49",
+            "mode": "tf.function",
+            "ours": {"ms_per_image": 3000.0, "detections": 0.0},
+            "model_garden": {"ms_per_image": 4000.0, "detections": 2.5},
+        },
+        {
+            "model": "maskrcnn-49",
+            "mode": "XLA",
+            "ours": {"error": "RuntimeError: no kernel"},
+            "model_garden": {"skipped": "--no-model-garden"},
+        },
+    ]
+    table = two_stage_inference.latency_table(rows)
+    assert table[2:] == [
+        "| maskrcnn-49 | tf.function | 3000 | 4000 | 0.75 | 0.0 / 2.5 |",
+        "| maskrcnn-49 | XLA | failed (RuntimeError: no kernel) | skipped: --no-model-garden | n/a | - / - |",
+    ]
+    models = [
+        {"model": "maskrcnn-49", "gmacs": 215.71, "params": {"ours": 40_753_521, "model_garden": 40_753_520}},
+        {"model": "fasterrcnn-49", "gmacs": 130.2, "params": {"ours": 38_104_854, "model_garden": None}},
+    ]
+    assert two_stage_inference.params_table(models)[2:] == [
+        "| maskrcnn-49 | 215.7 | 40,753,521 | 40,753,520 | 40,753,521 | +1 |",
+        "| fasterrcnn-49 | 130.2 | 38,104,854 | n/a | 38,104,854 | n/a |",
+    ]
+
+
+@pytest.mark.slow  # about 2.5 minutes on 2 cores: both full-size Mask R-CNNs, at 128 px
+@pytest.mark.skipif(not (VENV / "bin" / "python").exists(), reason="needs the Model Garden virtualenv")
+def test_two_stage_inference_times_both_mask_rcnns_alternately(tmp_path):
+    out = tmp_path / "BENCHMARKS.md"
+    # A process of its own: the thread pools can only be set before TensorFlow's first op.
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.two_stage_inference",
+            *("--models", "maskrcnn-49", "--size", "128", "--modes", "tf.function", "--repeats", "1"),
+            *("--out", str(out), "--results", str(tmp_path)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (latency, params) = _rows(out, "maskrcnn-49")
+    assert latency[1] == "tf.function" and float(latency[2]) > 0 and float(latency[3]) > 0
+    reference = f"{TWO_STAGE_REFERENCE['maskrcnn-49']['params']:,}"
+    assert params[2:] == [reference, reference, reference, "+0"]
+    saved = load_results("two_stage_inference", tmp_path)
+    assert saved["settings"]["threads"] == 2 and len(saved["rows"]["latency"]) == 1
 
 
 def test_a_server_that_dies_reports_its_last_log_line():

@@ -293,7 +293,7 @@ class MaskRCNN(Task):
                 count = -(-key[0] // stride) * -(-key[1] // stride) * self.anchor_spec.anchors_per_location
                 per_level.append(anchors[start : start + count])
                 start += count
-            self._anchor_cache[key] = per_level
+            self._anchor_cache[key] = tuple(per_level)  # a list would be tracked (and refused by export)
         return self._anchor_cache[key]
 
     # === Forward pass ===

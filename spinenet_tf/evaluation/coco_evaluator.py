@@ -14,13 +14,12 @@ import os
 from collections.abc import Mapping
 
 import numpy as np
-from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from spinenet_tf.data.coco import check_annotations, load_annotations
 from spinenet_tf.errors import DataError
-from spinenet_tf.masks import paste_masks
+from spinenet_tf.masks import paste_and_encode
 
 COCO_METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 MASK_METRIC_NAMES = tuple(f"mask_{name}" for name in COCO_METRIC_NAMES)
@@ -208,9 +207,7 @@ class CocoEvaluator:
         """RLEs of the kept detections' masks, pasted at their images' sizes, in row-major (B, K) order."""
         encoded = []
         for image_id, image_masks, image_boxes, kept in zip(image_ids.tolist(), masks, boxes, keep):
-            if kept.any():
-                pasted = paste_masks(image_masks[kept], image_boxes[kept], *self._image_sizes[image_id])
-                encoded += mask_utils.encode(np.asfortranarray(pasted.transpose(1, 2, 0)))
+            encoded += paste_and_encode(image_masks[kept], image_boxes[kept], *self._image_sizes[image_id])
         return encoded
 
     def _evaluate(self):
