@@ -55,11 +55,17 @@ def _check_photos(x):
         )
 
 
-class Task(keras.Model):
-    """Base of the task models. A subclass builds its functional graph on `backbone`,
-    calls `super().__init__(inputs=..., outputs=..., ...)`, then `self._init_task(backbone,
-    image_converter)`, and provides `decode_predictions(raw_outputs, image_size)` (outputs
-    in model-input pixels) and `task_config()` (its own constructor arguments)."""
+class Task:
+    """What the task models share, mixed in before keras.Model: `class RetinaNet(Task,
+    keras.Model)`. A task builds its network on `backbone` (a functional graph through
+    `super().__init__(inputs=..., outputs=...)`, or sub-networks of its own), then calls
+    `self._init_task(backbone, image_converter)`, and provides
+    `decode_predictions(raw_outputs, image_size)` (outputs in model-input pixels) and
+    `task_config()` (its own constructor arguments).
+
+    A mixin, not a keras.Model subclass: Keras turns a Model subclass into a Functional one
+    by rewriting the bases of every class up to keras.Model when it is built from inputs and
+    outputs, which would turn a shared base into Functional under the tasks that are not."""
 
     @staticmethod
     def resolve_backbone(backbone, weight_decay):

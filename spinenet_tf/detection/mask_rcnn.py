@@ -77,7 +77,7 @@ class RoiLabels:
 
 
 @keras.saving.register_keras_serializable(package="spinenet_tf")
-class MaskRCNN(Task):
+class MaskRCNN(Task, keras.Model):
     """Two-stage detector: backbone -> (identity | FPN) -> RPN -> RoIAlign -> box head(s)
     [-> mask head].
 

@@ -35,7 +35,7 @@ def _check_labels(y):
 
 
 @keras.saving.register_keras_serializable(package="spinenet_tf")
-class RetinaNet(Task):
+class RetinaNet(Task, keras.Model):
     """One-stage detector: backbone -> (identity | FPN) -> shared class/box subnets.
 
     `predict` takes photos (uint8 or float 0..255, any size; see `Task`) and gives final

@@ -37,7 +37,7 @@ PLAIN = (
 # task -> (the class that loads it, or None while spinenet_tf lacks the task; what it is).
 TASKS = {
     "retinanet": ("RetinaNet", "RetinaNet"),
-    "maskrcnn": (None, "Mask R-CNN"),
+    "maskrcnn": (None, "the conversion of its Mask R-CNN heads"),
     "classification": (None, "an ImageNet classifier"),
 }
 SPINENET49S_NOTE = "published 11.9 M counts 256 endpoint filters; the checkpoint's code builds 128: 11.3 M"
@@ -80,7 +80,10 @@ class Preset:
         """Raises ModelError if the task is missing, or (given) `class_name` does not load this task."""
         loader, what = TASKS[self.task]
         if loader is None:
-            raise ModelError(f"Preset {self.name} needs {what}, not in spinenet_tf yet.")
+            raise ModelError(
+                f"Preset {self.name} needs {what}, not in spinenet_tf yet; its backbone loads with "
+                f"SpineNet.from_preset({self.name!r})."
+            )
         if class_name is not None and class_name != loader:
             raise ModelError(f"Preset {self.name} is a {what}; load it with {loader}.from_preset.")
 

@@ -34,17 +34,20 @@ class InitReport:
     __str__ = summary
 
 
-def named_weights(model):
+def named_weights(model, backbone=None):
     """{path: variable} of a model: `layer name/weight name`, a task's backbone under `backbone/`.
 
     Every weighted layer is named by the architecture, so two models of one config (built in
     one process, loaded from a file) give the same paths whatever their own model names.
+    A task made of networks (Mask R-CNN's dense network and heads) names the layers inside them.
     """
-    backbone = getattr(model, "backbone", None)
+    backbone = backbone or getattr(model, "backbone", None)
     found = {}
     for layer in model.layers:
         if layer is backbone:
             found.update({f"backbone/{path}": weight for path, weight in named_weights(layer).items()})
+        elif isinstance(layer, keras.Model):
+            found.update(named_weights(layer, backbone))
         else:
             found.update({f"{layer.name}/{weight.name}": weight for weight in layer.weights})
     return found

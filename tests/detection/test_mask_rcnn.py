@@ -196,3 +196,16 @@ def test_dynamic_input_size_predicts_in_photo_pixels():
     boxes = detections["boxes"][0, : int(detections["num_detections"][0])]
     assert detections["masks"].shape == (1, 10, 28, 28)
     assert (boxes[:, 2] <= 150 + 1e-3).all() and (boxes[:, 3] <= 90 + 1e-3).all()
+
+
+def test_a_mask_rcnn_built_after_a_retinanet_stays_a_subclassed_model():
+    """Keras rewrites the bases of a Model subclass built from inputs and outputs (RetinaNet)
+    up to keras.Model; the shared Task mixin keeps that from reaching MaskRCNN."""
+    from tests.helpers import tiny_detector
+
+    before = tiny_mask_rcnn()
+    tiny_detector()
+    after = tiny_mask_rcnn()
+    for model in (before, after):
+        assert {layer.name for layer in model.layers} >= {"dense_network", "box_head", "mask_head"}
+        assert "Functional" not in [cls.__name__ for cls in type(model).__mro__]

@@ -239,3 +239,26 @@ def test_a_file_or_directory_that_cannot_be_a_source_is_refused_without_asking_t
     make(tmp_path / name)
     with pytest.raises(ConfigError, match=rf"^model.init_checkpoint: {name} {expected}"):
         load_init_source(name)
+
+
+def test_a_mask_rcnn_initialises_from_a_mask_rcnn_or_a_detectors_backbone():
+    """Paths reach into the networks a Mask R-CNN is made of: [all] copies every weight of
+    another Mask R-CNN; [backbone] takes a RetinaNet's backbone and leaves the heads alone."""
+    from tests.helpers import tiny_mask_rcnn
+
+    model, source = tiny_mask_rcnn(), tiny_mask_rcnn(seed=3)
+    for weight in source.weights:
+        if weight.dtype == "float32":
+            weight.assign(weight + 0.5)
+    assert len(named_weights(model)) == len(model.weights)  # one path per weight, none lost
+    initialize_from(model, source, ("all",))
+    assert all(np.array_equal(values(model)[path], value) for path, value in values(source).items())
+
+    fresh, retinanet = tiny_mask_rcnn(), tiny_detector()
+    heads_before = {path: value for path, value in values(fresh).items() if not path.startswith("backbone/")}
+    initialize_from(fresh, retinanet, ("backbone",))
+    after = values(fresh)
+    for path, value in values(retinanet).items():
+        if path.startswith("backbone/"):
+            np.testing.assert_array_equal(after[path], value)
+    assert all(np.array_equal(after[path], value) for path, value in heads_before.items())
