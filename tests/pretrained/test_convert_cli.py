@@ -146,4 +146,6 @@ def test_presets_lists_the_registry_without_loading_tensorflow():
         "M",
         "yes",
     ]
-    assert rows["maskrcnn_spinenet49_coco_tpu"].endswith("backbone only (needs Mask R-CNN)")
+    assert rows["maskrcnn_spinenet49_coco_tpu"].endswith(
+        "backbone only (needs the conversion of its Mask R-CNN heads)"
+    )
