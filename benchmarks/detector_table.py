@@ -29,12 +29,9 @@ def two_stage_section(out):
         size = reference["size"]
         result = profile(build_detector(two_stage_config(name)), (size, size, 3))
         params, gmacs = result.trainable_params, result.gmacs
-        reference_params = (
-            f"{reference['params']:,}" if reference["exact"] else f"{reference['params'] / 1e6:.1f}M (zoo)"
-        )
         rows.append(
-            f"| {name} | {size} | {params:,} | {reference_params} | "
-            f"{_difference(params, reference['params'], reference['exact'])} | {gmacs:.1f} | "
+            f"| {name} | {size} | {params:,} | {reference['params']:,} | "
+            f"{_difference(params, reference['params'], exact=True)} | {gmacs:.1f} | "
             f"{reference['gmacs'] or 'n/a'} | {_difference(gmacs, reference['gmacs'], exact=False)} |"
         )
         print(rows[-1], flush=True)
@@ -42,9 +39,11 @@ def two_stage_section(out):
 SpineNet backbones with Model Garden's `maskrcnn_spinenet_coco` heads (91 classes, anchors of
 1 scale x 3 aspect ratios on P3..P7, 1-conv RPN, 4 convs + 1 fc of 1024 box head, 4-conv mask
 head; `fasterrcnn` without the mask head; `cascadercnn` with `cascadercnn_spinenet_coco`'s two
-more class-agnostic stages at IoU 0.6 / 0.7, `nomask` without masks). Exact parameter
-references are Model Garden's (tf-models-official 2.20, 640 px, use_sync_bn off) as given
-in issue 15; 96 and 143 against the zoo's rounded millions. MACs count the dense network
+more class-agnostic stages at IoU 0.6 / 0.7, `nomask` without masks). Parameter references
+are Model Garden's (tf-models-official 2.20, use_sync_bn off) to the integer: the 49 rows as
+given in issue 15, 96 and 143 built with the same heads (`python -m
+benchmarks.model_garden_two_stage --model maskrcnn-49 --model-id 96 --size 1024` in the side
+virtualenv; the zoo rounds them to 55.2 M / 79.2 M). MACs count the dense network
 once, each box head on 1000 proposals and the mask head on 100 detections, the zoo's
 convention (convolution and dense multiply-adds only)."""
     write_section(

@@ -31,13 +31,16 @@ MODELS = ("maskrcnn-49", "fasterrcnn-49")
 OUTPUTS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections", "detection_masks")
 
 
-def model_config(name, size):
+def model_config(name, size, model_id="49"):
     """The model of Model Garden's `maskrcnn_spinenet_coco` experiment (SpineNet-49, 91 classes),
-    at `size` px, without sync batch norm; fasterrcnn: without the mask head."""
+    at `size` px, without sync batch norm; fasterrcnn: without the mask head. `model_id`:
+    another SpineNet in the same recipe (how `published.TWO_STAGE_REFERENCE`'s 96 and 143
+    counts were taken: `--model-id 96 --size 1024`, one call, then "params")."""
     config = maskrcnn_config.maskrcnn_spinenet_coco().task.model
     config.input_size = [size, size, 3]
     config.norm_activation.use_sync_bn = False
     config.include_mask = name.startswith("maskrcnn")
+    config.backbone.spinenet.model_id = model_id
     return config
 
 
@@ -78,11 +81,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, choices=MODELS)
     parser.add_argument("--size", type=int, default=640)
+    parser.add_argument("--model-id", default="49", help="the SpineNet variant (the recipe's is 49)")
     parser.add_argument("--threads", type=int, default=2, help="TensorFlow intra- and inter-op threads")
     args = parser.parse_args(argv)
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(args.threads)
-    model, detect = detector(model_config(args.model, args.size))
+    model, detect = detector(model_config(args.model, args.size, args.model_id))
     functions = {
         mode: detect if jit is None else tf.function(detect, jit_compile=jit) for mode, jit in MODES.items()
     }

@@ -16,8 +16,9 @@ Plain data, used by the tests (exact parameter counts) and by the benchmark tabl
   Garden's scaling table. "size": the input size of that row.
 - `TWO_STAGE_REFERENCE`: Mask R-CNN, Faster R-CNN (no mask head) and Cascade R-CNN with
   91 outputs, Model Garden's `maskrcnn_spinenet_coco` / `cascadercnn_spinenet_coco`
-  heads. "params": Model Garden 2.20's model, to the integer ("exact"), else the model
-  zoo's rounded millions; "gmacs": the zoo's "FLOPs" (1000 proposals through each box
+  heads. "params": Model Garden 2.20's model, to the integer (96 and 143 built with that
+  recipe's heads by `benchmarks.model_garden_two_stage --model-id`; the zoo rounds them to
+  55.2 M / 79.2 M); "gmacs": the zoo's "FLOPs" (1000 proposals through each box
   head, 100 detections through the mask head), None where it has no row.
 """
 
@@ -58,12 +59,12 @@ def detector_config(name):
 
 
 TWO_STAGE_REFERENCE = {
-    "maskrcnn-49": {"params": 40_753_521, "exact": True, "gmacs": 215.7, "size": 640},
-    "fasterrcnn-49": {"params": 38_104_854, "exact": True, "gmacs": None, "size": 640},
-    "cascadercnn-49": {"params": 71_000_263, "exact": True, "gmacs": None, "size": 640},
-    "cascadercnn-49-nomask": {"params": 68_351_596, "exact": True, "gmacs": None, "size": 640},
-    "maskrcnn-96": {"params": 55_200_000, "exact": False, "gmacs": 315.0, "size": 1024},
-    "maskrcnn-143": {"params": 79_200_000, "exact": False, "gmacs": 498.8, "size": 1280},
+    "maskrcnn-49": {"params": 40_753_521, "gmacs": 215.7, "size": 640},
+    "fasterrcnn-49": {"params": 38_104_854, "gmacs": None, "size": 640},
+    "cascadercnn-49": {"params": 71_000_263, "gmacs": None, "size": 640},
+    "cascadercnn-49-nomask": {"params": 68_351_596, "gmacs": None, "size": 640},
+    "maskrcnn-96": {"params": 55_185_009, "gmacs": 315.0, "size": 1024},
+    "maskrcnn-143": {"params": 79_169_649, "gmacs": 498.8, "size": 1280},
 }
 
 
