@@ -45,6 +45,16 @@ class DetectionSpec:
     nms: str = "per_class"
     background_class: int | None = 0
 
+    def config(self):
+        """The detectors' constructor arguments that this spec holds (for their get_config)."""
+        return {
+            "score_threshold": self.score_threshold,
+            "nms_iou_threshold": self.nms_iou_threshold,
+            "pre_nms_top_k": self.pre_nms_top_k,
+            "max_detections": self.max_detections,
+            "nms": self.nms,
+        }
+
     def __post_init__(self):
         if self.nms not in NMS_MODES:
             raise ValueError(f"Unknown nms {self.nms!r}; use one of {NMS_MODES}.")
