@@ -45,6 +45,7 @@ format: install
 bench: install
 	$(BIN)/python -m benchmarks.backbone_table
 	$(BIN)/python -m benchmarks.detector_table
+	$(BIN)/python -m benchmarks.classifier_table
 	$(BIN)/python -m benchmarks.target_assignment
 	$(BIN)/python -m benchmarks.input_pipeline
 	$(BIN)/python -m benchmarks.cpu_inference

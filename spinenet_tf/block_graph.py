@@ -10,6 +10,9 @@ from collections.abc import Mapping, Sequence
 
 from spinenet_tf import specs
 
+# SpineNet's stem blocks as (level, block type), the nodes its table's offsets 0 and 1 name.
+SPINENET_STEM_BLOCKS = ((specs.STEM_LEVEL, specs.STEM_BLOCK_TYPE),) * specs.NUM_STEM_BLOCKS
+
 
 @dataclasses.dataclass(frozen=True)
 class BlockNode:
@@ -65,7 +68,7 @@ def coerce_block_spec(raw, number):
     return specs.BlockSpec(level, block_type, tuple(offsets), is_output)
 
 
-def _check_spec(spec, number, num_built):
+def _check_spec(spec, number, num_built, num_stem, block_types):
     where = f"Block {number} ({spec})"
     if isinstance(spec.level, bool) or not isinstance(spec.level, int):
         raise ValueError(f"{where}: level must be an integer, got {spec.level!r}.")
@@ -73,8 +76,8 @@ def _check_spec(spec, number, num_built):
         raise ValueError(
             f"{where}: level {spec.level} is outside {specs.MIN_BLOCK_LEVEL}..{specs.MAX_BLOCK_LEVEL}."
         )
-    if spec.block_type not in specs.BLOCK_TYPES:
-        raise ValueError(f"{where}: unknown block type {spec.block_type!r}; use one of {specs.BLOCK_TYPES}.")
+    if spec.block_type not in block_types:
+        raise ValueError(f"{where}: unknown block type {spec.block_type!r}; use one of {block_types}.")
     if not isinstance(spec.is_output, bool):
         raise ValueError(f"{where}: is_output must be true or false, got {spec.is_output!r}.")
     for offset in spec.input_offsets:
@@ -85,13 +88,20 @@ def _check_spec(spec, number, num_built):
         if offset >= num_built:
             raise ValueError(
                 f"{where}: input offset {offset} points forward; it must be below {num_built} "
-                f"(the {specs.NUM_STEM_BLOCKS} stem blocks and the {num_built - specs.NUM_STEM_BLOCKS} "
+                f"(the {num_stem} stem blocks and the {num_built - num_stem} "
                 "blocks before it)."
             )
 
 
-def resolve_block_graph(block_specs, min_level, max_level):
-    """Validates `block_specs` and returns the block graph for outputs min..max_level."""
+def resolve_block_graph(
+    block_specs, min_level, max_level, stem_blocks=SPINENET_STEM_BLOCKS, block_types=specs.BLOCK_TYPES
+):
+    """Validates `block_specs` and returns the block graph for outputs min..max_level.
+
+    `stem_blocks` are the (level, block type) of the blocks the table's offsets 0, 1, ...
+    name, `block_types` those a table may use: SpineNet's by default, Mobile SpineNet's
+    (`specs.MOBILE_STEM_BLOCKS`, `specs.MOBILE_BLOCK_TYPES`) for its MBConv table.
+    """
     if not specs.MIN_BLOCK_LEVEL < min_level <= max_level <= specs.MAX_BLOCK_LEVEL:
         raise ValueError(
             f"min_level={min_level}, max_level={max_level}: need "
@@ -102,13 +112,13 @@ def resolve_block_graph(block_specs, min_level, max_level):
         raise ValueError("block_specs is empty.")
 
     nodes = [
-        BlockNode(i, f"stem{i + 1}", specs.STEM_LEVEL, specs.STEM_BLOCK_TYPE, (), False, 0)
-        for i in range(specs.NUM_STEM_BLOCKS)
+        BlockNode(i, f"stem{i + 1}", level, block_type, (), False, 0)
+        for i, (level, block_type) in enumerate(stem_blocks)
     ]
     times_consumed = [0] * len(nodes)
     output_nodes = {}
     for number, spec in enumerate(block_specs, start=1):
-        _check_spec(spec, number, len(nodes))
+        _check_spec(spec, number, len(nodes), len(stem_blocks), block_types)
         parents = list(spec.input_offsets)
         for parent in parents:
             times_consumed[parent] += 1

@@ -69,6 +69,28 @@ def data_synthetic(args):
         )
 
 
+def data_synthetic_classification(args):
+    from spinenet_tf.data.synthetic_classification import write_synthetic_classification
+
+    summary = write_synthetic_classification(
+        args.out, num_train=args.num_train, num_val=args.num_val, image_size=args.image_size, seed=args.seed
+    )
+    for split in ("train", "val"):
+        images, classes, folder = summary[split]["images"], len(summary["classes"]), summary[split]["dir"]
+        print(f"{split}: {images} images in {classes} class folders -> {folder}")
+
+
+def data_folder_to_tfrecord(args):
+    from spinenet_tf.data.classification import folder_to_tfrecord
+
+    summary = folder_to_tfrecord(args.root, args.out, args.shards)
+    print(summary["report"].summary())
+    print(
+        f"wrote {summary['images']} images of {len(summary['classes'])} classes to {len(summary['shards'])} "
+        f"shard(s): {args.out}-*-of-{args.shards:05d}.tfrecord"
+    )
+
+
 def data_coco_to_tfrecord(args):
     from spinenet_tf.data.tfrecord import coco_to_tfrecord
 
@@ -156,14 +178,52 @@ def _segmentations(detections, keep, height, width):
     return [{"size": rle["size"], "counts": rle["counts"].decode("ascii")} for rle in encoded]
 
 
-def predict_command(args):
-    import json
-    import os
-
+def _detections_entry(args, path, image, detections, labels):
+    """A photo's detections above --min-score for detections.json; draws them to OUT/<stem>.png."""
     import numpy as np
 
-    from spinenet_tf.export.predictor import load_predictor, preset_predictor
     from spinenet_tf.viz.detections import draw_detections
+
+    stem = os.path.splitext(os.path.basename(path))[0]
+    picture = draw_detections(image, detections, labels, args.min_score)
+    picture.save(os.path.join(args.out, f"{stem}.png"))
+    keep = np.asarray(detections["scores"]) >= args.min_score
+    found = [
+        {
+            "box_yxyx": [round(float(v), 2) for v in box],
+            "score": round(float(score), 4),
+            "class_id": int(class_id),
+            "label": labels.get(int(class_id), str(int(class_id))),
+        }
+        for box, score, class_id in zip(
+            detections["boxes"][keep], detections["scores"][keep], detections["classes"][keep]
+        )
+    ]
+    if "masks" in detections:
+        for entry, segmentation in zip(found, _segmentations(detections, keep, *image.shape[:2])):
+            entry["segmentation"] = segmentation
+    print(f"{path}: {len(found)} detections -> {os.path.join(args.out, stem + '.png')}")
+    return {"detections": found}
+
+
+def _classes_entry(path, answer, labels):
+    """A photo's top-k classes, best first, for predictions.json; printed on one line."""
+    classes = [
+        {
+            "class_id": int(class_id),
+            "label": labels.get(int(class_id), str(int(class_id))),
+            "score": round(float(score), 4),
+        }
+        for class_id, score in zip(answer["classes"], answer["scores"])
+    ]
+    print(f"{path}: " + ", ".join(f"{entry['label']} {entry['score']:.3f}" for entry in classes))
+    return {"classes": classes}
+
+
+def predict_command(args):
+    import json
+
+    from spinenet_tf.export.predictor import load_predictor, preset_predictor
 
     if args.checkpoint and not args.preset:
         raise ModelError("--checkpoint is the local copy of a --preset's checkpoint; give --preset too.")
@@ -177,30 +237,14 @@ def predict_command(args):
             print(f"skipped {error}", file=sys.stderr)
             failures += 1
             continue
-        detections = predictor(image)
-        stem = os.path.splitext(os.path.basename(path))[0]
-        picture = draw_detections(image, detections, predictor.labels, args.min_score)
-        picture.save(os.path.join(args.out, f"{stem}.png"))
-        keep = np.asarray(detections["scores"]) >= args.min_score
-        found = [
-            {
-                "box_yxyx": [round(float(v), 2) for v in box],
-                "score": round(float(score), 4),
-                "class_id": int(class_id),
-                "label": predictor.labels.get(int(class_id), str(int(class_id))),
-            }
-            for box, score, class_id in zip(
-                detections["boxes"][keep], detections["scores"][keep], detections["classes"][keep]
-            )
-        ]
-        if "masks" in detections:
-            for entry, segmentation in zip(found, _segmentations(detections, keep, *image.shape[:2])):
-                entry["segmentation"] = segmentation
-        results.append(
-            {"image": path, "height": image.shape[0], "width": image.shape[1], "detections": found}
-        )
-        print(f"{path}: {len(found)} detections -> {os.path.join(args.out, stem + '.png')}")
-    with open(os.path.join(args.out, "detections.json"), "w") as f:
+        answer = predictor(image)
+        if predictor.is_classifier:
+            entry = _classes_entry(path, answer, predictor.labels)
+        else:
+            entry = _detections_entry(args, path, image, answer, predictor.labels)
+        results.append({"image": path, "height": image.shape[0], "width": image.shape[1], **entry})
+    name = "predictions.json" if predictor.is_classifier else "detections.json"
+    with open(os.path.join(args.out, name), "w") as f:
         source = {"preset": args.preset} if args.preset else {"model": args.model}
         json.dump({**source, "images": results}, f, indent=1)
     if failures:
@@ -300,7 +344,9 @@ def build_parser():
     )
     source = export.add_mutually_exclusive_group(required=True)
     source.add_argument("--model-dir", help="a training run (config.yaml and checkpoints/)")
-    source.add_argument("--preset", help="a published checkpoint (see `spinenet presets`), COCO labels")
+    source.add_argument(
+        "--preset", help="a published checkpoint (see `spinenet presets`); detectors get COCO's labels"
+    )
     export.add_argument("--checkpoint", help="with --preset: a local copy of its archive or checkpoint")
     export.add_argument("--out", required=True, help="export/<name>: SavedModel versions or .tflite files")
     export.add_argument("--format", choices=["saved_model", "tflite"], default="saved_model")
@@ -315,7 +361,10 @@ def build_parser():
     export.add_argument("--calibration-images", type=int, default=100, help="int8 calibration images")
 
     predict = add_command(
-        "predict", predict_command, "run an exported model or a preset on images; PNGs and JSON out"
+        "predict",
+        predict_command,
+        "run an exported model or a preset on images: detections drawn to PNGs and listed in JSON, or a "
+        "classifier's top 5 classes in JSON",
     )
     model = predict.add_mutually_exclusive_group(required=True)
     model.add_argument("--model", help="a SavedModel directory or a .tflite file")
@@ -326,8 +375,14 @@ def build_parser():
         "--checkpoint", help="with --preset: a local copy of its archive or checkpoint (no download)"
     )
     predict.add_argument("images", nargs="+", help="image files (JPEG, PNG, GIF, BMP)")
-    predict.add_argument("--out", required=True, help="directory for the drawn PNGs and detections.json")
-    predict.add_argument("--min-score", type=float, default=0.3, help="detections below it are left out")
+    predict.add_argument(
+        "--out",
+        required=True,
+        help="directory for the drawn PNGs and detections.json (classifiers: predictions.json)",
+    )
+    predict.add_argument(
+        "--min-score", type=float, default=0.3, help="detections below it are left out (classifiers: unused)"
+    )
 
     convert = add_command(
         "convert", convert_command, "convert a published Model Garden or tensorflow/tpu checkpoint to .keras"
@@ -361,7 +416,9 @@ def build_parser():
     )
 
     data = commands.add_parser(
-        "data", help="datasets: the embedded synthetic set, COCO -> TFRecord", parents=[common]
+        "data",
+        help="datasets: the embedded synthetic sets, COCO or class folders -> TFRecord",
+        parents=[common],
     )
     data_commands = data.add_subparsers(dest="data_command", required=True)
     synthetic = add_command(
@@ -383,6 +440,28 @@ def build_parser():
     to_tfrecord.add_argument("--out", required=True, help="output prefix: PREFIX-00000-of-0000N.tfrecord")
     to_tfrecord.add_argument("--shards", type=int, default=1)
     to_tfrecord.add_argument("--no-masks", action="store_true", help="leave instance masks out")
+    shapes = add_command(
+        "synthetic-classification",
+        data_synthetic_classification,
+        "write the synthetic classification set (class folders of PNGs)",
+        False,
+        data_commands,
+    )
+    shapes.add_argument("--out", required=True, help="dataset directory")
+    shapes.add_argument("--num-train", type=int, default=800)
+    shapes.add_argument("--num-val", type=int, default=200)
+    shapes.add_argument("--image-size", type=int, default=96)
+    shapes.add_argument("--seed", type=int, default=0)
+    folders = add_command(
+        "folder-to-tfrecord",
+        data_folder_to_tfrecord,
+        "convert a folder of class folders to classification TFRecord shards",
+        True,
+        data_commands,
+    )
+    folders.add_argument("--root", required=True, help="a folder of class folders (ROOT/<class>/<images>)")
+    folders.add_argument("--out", required=True, help="output prefix: PREFIX-00000-of-0000N.tfrecord")
+    folders.add_argument("--shards", type=int, default=1)
     return parser
 
 

@@ -20,6 +20,14 @@ Plain data, used by the tests (exact parameter counts) and by the benchmark tabl
   recipe's heads by `benchmarks.model_garden_two_stage --model-id`; the zoo rounds them to
   55.2 M / 79.2 M); "gmacs": the zoo's "FLOPs" (1000 proposals through each box
   head, 100 detections through the mask head), None where it has no row.
+- `CLASSIFIER_REFERENCE`: the tensorflow/tpu model zoo's SpineNet ImageNet classifiers
+  (224 px, 1001 outputs, the head's aggregation "all"): "params" and "gmacs" (its
+  "FLOPs" column, multiply-adds) as published, rounded to 0.1 M / 0.1 B.
+- `MOBILE_REFERENCE`: RetinaNet on Mobile SpineNet with 91 outputs, Model Garden's
+  `retinanet_mobile_coco` (separable head of 4 convs, `mobile_config(model_id)`).
+  "params" / "backbone_params": Model Garden 2.20's detector / backbone, to the integer
+  (`benchmarks.model_garden_mobile`); "gmacs": the zoo's "FLOPs", None where it has no
+  row; "size" and "num_filters": that row's input size and head width.
 """
 
 MODEL_GARDEN_BACKBONE_PARAMS = {
@@ -77,3 +85,30 @@ def two_stage_config(name):
     if kind == "cascadercnn":
         config.update(cascade_iou_thresholds=[0.6, 0.7], class_agnostic_boxes=True)
     return config
+
+
+CLASSIFIER_REFERENCE = {
+    "49": {"params": 22.1e6, "gmacs": 3.5, "size": 224},
+    "96": {"params": 36.5e6, "gmacs": 5.7, "size": 224},
+    "143": {"params": 60.5e6, "gmacs": 9.1, "size": 224},
+    "190": {"params": 127.1e6, "gmacs": 19.1, "size": 224},
+}
+
+
+MOBILE_REFERENCE = {
+    "49": {"params": 2_337_579, "backbone_params": 2_268_708, "gmacs": 1.0, "size": 384, "num_filters": 48},
+    "49S": {"params": 1_030_653, "backbone_params": 975_678, "gmacs": None, "size": 384, "num_filters": 40},
+    "49XS": {"params": 872_711, "backbone_params": 842_456, "gmacs": None, "size": 256, "num_filters": 24},
+}
+
+
+def mobile_config(model_id):
+    """The `build_detector` config of a row of MOBILE_REFERENCE (swish, as the recipe)."""
+    row = MOBILE_REFERENCE[model_id]
+    return {
+        "backbone": {"type": "spinenet_mobile", "model_id": model_id},
+        "num_classes": 91,
+        "num_filters": row["num_filters"],
+        "use_separable_conv": True,
+        "activation": "swish",
+    }

@@ -90,3 +90,67 @@ def block_filters(level, filter_size_scale):
 
 def block_output_channels(block_type, filters):
     return 4 * filters if block_type == "bottleneck" else filters
+
+
+# === Mobile SpineNet ===
+# Du et al., "Efficient Scale-Permuted Backbone with Learned Resource Distribution"
+# (ECCV 2020), as released in TF Model Garden (`spinenet_mobile`): every block is an
+# MBConv (inverted bottleneck with squeeze-excitation), and widths are set per level.
+
+MOBILE_BLOCK_TYPES = ("mbconv",)
+
+# Width of the stem's 3x3/2 conv, and the output width of a block at each level; all
+# scaled by `filter_size_scale` (rounded down).
+MOBILE_STEM_CONV_FILTERS = 8
+MOBILE_LEVEL_FILTERS = {1: 16, 2: 24, 3: 40, 4: 80, 5: 112, 6: 112, 7: 112}
+
+# The stem blocks as (level, block type): after the stem conv (stride 2), a stride-1
+# MBConv at level 1, then a stride-2 one at level 2. Input offsets 0 and 1 are these.
+MOBILE_STEM_BLOCKS = ((1, "mbconv"), (2, "mbconv"))
+
+# The NAS-found scale permutation: SpineNet-49's block order and connections, MBConv blocks.
+MOBILE_BLOCK_SPECS = (
+    BlockSpec(2, "mbconv", (0, 1), False),
+    BlockSpec(2, "mbconv", (1, 2), False),
+    BlockSpec(4, "mbconv", (1, 2), False),
+    BlockSpec(3, "mbconv", (3, 4), False),
+    BlockSpec(4, "mbconv", (3, 5), False),
+    BlockSpec(6, "mbconv", (4, 6), False),
+    BlockSpec(4, "mbconv", (4, 6), False),
+    BlockSpec(5, "mbconv", (7, 8), False),
+    BlockSpec(7, "mbconv", (7, 9), False),
+    BlockSpec(5, "mbconv", (9, 10), False),
+    BlockSpec(5, "mbconv", (9, 11), False),
+    BlockSpec(4, "mbconv", (6, 11), True),
+    BlockSpec(3, "mbconv", (5, 11), True),
+    BlockSpec(5, "mbconv", (8, 13), True),
+    BlockSpec(7, "mbconv", (6, 15), True),
+    BlockSpec(6, "mbconv", (13, 15), True),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class MobileScaling:
+    """How a Mobile SpineNet variant scales the block table."""
+
+    filter_size_scale: float
+    endpoints_num_filters: int
+    block_repeats: int
+
+
+MOBILE_SCALING = {
+    "49": MobileScaling(filter_size_scale=1.0, endpoints_num_filters=48, block_repeats=1),
+    "49S": MobileScaling(filter_size_scale=0.65, endpoints_num_filters=40, block_repeats=1),
+    "49XS": MobileScaling(filter_size_scale=0.6, endpoints_num_filters=24, block_repeats=1),
+}
+MOBILE_MODEL_IDS = tuple(MOBILE_SCALING)
+
+# Every Mobile SpineNet's MBConvs: expansion of the inverted bottleneck, and the
+# squeeze-excitation width as a fraction of the block's input width.
+MOBILE_EXPAND_RATIO = 6
+MOBILE_SE_RATIO = 0.2
+
+
+def mobile_block_filters(level, filter_size_scale):
+    """Output width of a Mobile SpineNet block at `level`."""
+    return int(MOBILE_LEVEL_FILTERS[level] * filter_size_scale)

@@ -2,7 +2,7 @@
 
 A task owns its preprocessing (keras-hub's pattern): `predict` and `predict_on_batch`
 take photos as they are (uint8 or float 0..255, any size: a batch of one size or a list
-of different sizes), letterbox and normalise them with the task's `ImageConverter`, run
+of different sizes), letterbox (or crop) and normalise them with the task's `ImageConverter`, run
 the network, decode, and answer in each photo's own pixels. Calling the model directly,
 `fit` and `evaluate` take the training pipeline's output (normalised, model-sized), as
 Keras models do. The config round trip (backbone, converter, dtype policy) is here too.
@@ -114,26 +114,28 @@ class Task:
 
     def _answer_photos(self, x, run, batch_size):
         """`run` (Keras' predict or predict_on_batch) on photos: a batch of one size as it is
-        (the predict step letterboxes it), a list letterboxed here into one batch."""
+        (the predict step converts it), a list letterboxed here into one batch (letterboxing a
+        letterboxed photo again changes nothing). A centre-cropping converter would crop twice,
+        so its lists, like every photo of a model built for dynamic input, take the direct path."""
         _check_photos(x)
-        if self.image_converter.image_size is None:
-            return self._predict_at_photo_size(x, batch_size)
         if not isinstance(x, (list, tuple)):
+            if self.image_converter.image_size is None:
+                return self._predict_converted(x, batch_size)
             return run(x)
-        letterboxed, scales, sizes = self.image_converter.letterbox_each(x)
+        if self.image_converter.image_size is None or self.image_converter.crop_fraction is not None:
+            return self._predict_converted(x, batch_size)
+        letterboxed, scales, sizes = self.image_converter.resize_each(x)
         return self._to_photos(run(letterboxed), scales, sizes)
 
-    def _predict_at_photo_size(self, photos, batch_size):
-        """A model built for dynamic input: each batch padded to its own size and run outside
-        Keras' compiled predict, whose retracing turns the traced sizes into unknowns (and
-        decoding places its anchors from the size)."""
+    def _predict_converted(self, photos, batch_size):
+        """Photos converted here in batches and run outside Keras' compiled predict (whose
+        retracing turns a dynamic model's traced sizes into unknowns, and decoding places its
+        anchors from the size)."""
         chunks = []
         for start in range(0, len(photos), batch_size):
-            letterboxed, scales, sizes = self.image_converter.letterbox_each(
-                photos[start : start + batch_size]
-            )
-            raw = self(normalise_image(letterboxed), training=False)
-            answers = self.decode_predictions(raw, letterboxed.shape[1:3])
+            converted, scales, sizes = self.image_converter.resize_each(photos[start : start + batch_size])
+            raw = self(normalise_image(converted), training=False)
+            answers = self.decode_predictions(raw, converted.shape[1:3])
             answers = {key: ops.convert_to_numpy(value) for key, value in answers.items()}
             chunks.append(self._to_photos(answers, scales, sizes))
         return {key: np.concatenate([chunk[key] for chunk in chunks]) for key in chunks[0]}

@@ -1,9 +1,13 @@
-"""Shared test helpers: tiny detectors, synthetic batches, images and an AP50 scorer.
+"""Shared test helpers: tiny detectors and classifiers, synthetic batches, images and an AP50 scorer.
 
 Test modules import from here (never from each other), so each one can be read alone.
 """
 
 import io
+import os
+import pathlib
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -11,7 +15,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from spinenet_tf import MaskRCNN, RetinaNet, SpineNet
+from spinenet_tf import ImageClassifier, MaskRCNN, RetinaNet, SpineNet
 from spinenet_tf.layers.image_converter import normalise_image
 
 SIZE = 128
@@ -28,15 +32,23 @@ SMALL_BLOCK_SPECS = [
 ]
 
 
-def tiny_backbone(block_specs=SMALL_BLOCK_SPECS):
+def tiny_backbone(block_specs=SMALL_BLOCK_SPECS, size=SIZE):
     return SpineNet(
         "49",
         filter_size_scale=0.25,
         endpoints_num_filters=32,
         norm_momentum=0.9,
-        image_shape=(SIZE, SIZE, 3),
+        image_shape=(size, size, 3),
         block_specs=block_specs,
     )
+
+
+# A classifier's test size: not a multiple of 128, as ImageNet's 224 is not.
+CLASSIFIER_SIZE = 96
+
+
+def tiny_classifier(num_classes=4, block_specs=SMALL_BLOCK_SPECS, **kwargs):
+    return ImageClassifier(tiny_backbone(block_specs, CLASSIFIER_SIZE), num_classes, **kwargs)
 
 
 def tiny_detector(num_classes=3, block_specs=SMALL_BLOCK_SPECS, **kwargs):
@@ -189,3 +201,22 @@ def encode(image, image_format="PNG"):
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format=image_format)
     return buffer.getvalue()
+
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+# Put before a script run in a subprocess: there `import tensorflow` and `import pycocotools`
+# fail, as on the accelerator machines, which have JAX but neither.
+WITHOUT_TENSORFLOW = "import sys\nsys.modules.update(dict.fromkeys(['tensorflow', 'pycocotools'], None))\n"
+
+
+def run_on_jax_without_tensorflow(script, *args, timeout=600):
+    """The CompletedProcess of Python `script` run with `args` from the repository root, in a
+    subprocess on the JAX backend (CPU) where TensorFlow and pycocotools cannot be imported."""
+    return subprocess.run(
+        [sys.executable, "-c", WITHOUT_TENSORFLOW + script, *map(str, args)],
+        env={**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )

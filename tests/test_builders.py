@@ -3,6 +3,7 @@ import pytest
 from spinenet_tf.backbones.spinenet import SpineNet
 from spinenet_tf.builders import build_detector, input_size_multiple
 from spinenet_tf.errors import ModelError
+from spinenet_tf.layers.resample import ResizeToLevel
 
 # Outputs L3..L5 from blocks of levels 3..5 only: inputs need a multiple of 2**5.
 LEVEL_5_TABLE = [
@@ -26,11 +27,14 @@ def test_input_size_multiple_is_the_backbones_own_rule(backbone, multiple):
 
 
 def test_the_size_rule_is_the_one_spinenet_applies():
-    arguments = dict(block_specs=LEVEL_5_TABLE, max_level=5, filter_size_scale=0.25, endpoints_num_filters=8)
+    """At multiples SpineNet is the plain network; elsewhere it resizes between levels."""
+    arguments = dict(filter_size_scale=0.25, endpoints_num_filters=8)
     multiple = input_size_multiple(arguments)
-    assert SpineNet("49", image_shape=(multiple, 2 * multiple, 3), **arguments).size_multiple == multiple
-    with pytest.raises(ValueError, match=f"not a multiple of {multiple}"):
-        SpineNet("49", image_shape=(multiple + multiple // 2, multiple, 3), **arguments)
+    plain = SpineNet("49", image_shape=(multiple, 2 * multiple, 3), **arguments)
+    assert plain.size_multiple == multiple
+    resized = SpineNet("49", image_shape=(multiple + multiple // 2, multiple, 3), **arguments)
+    assert not any(isinstance(layer, ResizeToLevel) for layer in plain.layers)
+    assert any(isinstance(layer, ResizeToLevel) for layer in resized.layers)
 
 
 def test_unknown_keys_are_named_by_their_dotted_key():

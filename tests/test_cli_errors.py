@@ -9,7 +9,7 @@ import pytest
 USER_ERRORS = {
     "train": (
         ["train", "--model-dir", "{tmp}/run", "--set", "data.image_size=160"],
-        "spinenet train: data.image_size: 160 is not a positive multiple of 128",
+        "spinenet train: data.image_size: 160 is not a multiple of 128",
     ),
     "eval": (
         ["eval", "--model-dir", "{tmp}/run"],

@@ -46,3 +46,4 @@ def test_readme_python_examples_run_as_written(tmp_path):
     assert "trainable_params=21831488" in printed
     assert "(2, 100, 4)" in printed
     assert "(1, 100, 28, 28)" in printed  # Mask R-CNN masks
+    assert "trainable_params=22088745" in printed  # the SpineNet-49 ImageNet classifier at 224

@@ -13,7 +13,7 @@ from spinenet_tf.layers.resample import resample_feature
 ACTIVATIONS = ("relu", "swish")
 
 
-def _regularizer(value):
+def regularizer_from_config(value):
     """None, an L2 factor (float), or anything `keras.regularizers.get` accepts."""
     if value is None:
         return None
@@ -23,27 +23,23 @@ def _regularizer(value):
 
 
 def spinenet_size_multiple(block_specs=None, min_level=3, max_level=7):
-    """What SpineNet's input height and width must be a multiple of: 2**L, L its coarsest level.
-
-    The coarsest level of the blocks the outputs need, or `max_level` if higher; the one
-    rule that the model and the experiment config both apply.
+    """2**L, L the coarsest level of the blocks the outputs need (or `max_level` if higher): at
+    multiples of it every level is exactly the input size / its stride (the published
+    detection sizes). Detectors' anchors and padded dynamic inputs keep to it.
     """
     block_specs = specs.SPINENET_BLOCK_SPECS if block_specs is None else block_specs
     graph = resolve_block_graph(block_specs, min_level, max_level)
     return 2 ** max(max_level, *(node.level for node in graph.used_nodes()))
 
 
-def _check_image_shape(image_shape, multiple):
+def _check_image_shape(image_shape):
     if len(image_shape) != 3 or image_shape[-1] is None:
         raise ValueError(
             f"image_shape must be (height, width, channels) with known channels, got {image_shape}."
         )
     for axis, size in zip(("height", "width"), image_shape[:2]):
-        if size is not None and (size <= 0 or size % multiple):
-            raise ValueError(
-                f"Input {axis} {size} is not a multiple of {multiple}: SpineNet needs height and "
-                f"width divisible by 2**{multiple.bit_length() - 1} = {multiple} (its coarsest level)."
-            )
+        if size is not None and size <= 0:
+            raise ValueError(f"Input {axis} must be positive, got {size}.")
 
 
 @keras.saving.register_keras_serializable(package="spinenet_tf")
@@ -52,9 +48,11 @@ class SpineNet(keras.Model):
 
     `model_id` picks a row of the paper's scaling table ("49S", "49", "96", "143",
     "143L", "190"); each scaling field given explicitly overrides it. Feature "Pn" has
-    stride 2**n and `endpoints_num_filters` channels. Height and width must be
-    multiples of 2**L, L the coarsest level of the block table (7 for the published
-    one), or None for dynamic input.
+    stride 2**n and `endpoints_num_filters` channels. Height and width are any size (None
+    for dynamic input): level n is ceil(size / 2**n). At multiples of `size_multiple` (128
+    for the published table) the network is Model Garden's; at other sizes (224 for
+    ImageNet) a nearest resize joins levels whose sizes do not divide, as the
+    tensorflow/tpu SpineNet.
 
     Args:
         block_specs: the scale-permuted block table (default: SpineNet-49's), as
@@ -118,7 +116,7 @@ class SpineNet(keras.Model):
         graph = resolve_block_graph(block_specs, min_level, max_level)
         image_shape = tuple(image_shape)
         size_multiple = spinenet_size_multiple(graph.block_specs, min_level, max_level)
-        _check_image_shape(image_shape, size_multiple)
+        _check_image_shape(image_shape)
 
         settings = ConvNormSettings(
             activation=activation,
@@ -126,7 +124,7 @@ class SpineNet(keras.Model):
             norm_epsilon=norm_epsilon,
             sync_batch_norm=sync_batch_norm,
             kernel_initializer=kernel_initializer,
-            kernel_regularizer=_regularizer(kernel_regularizer),
+            kernel_regularizer=regularizer_from_config(kernel_regularizer),
             dtype=dtype,
             ops_flavor=ops_flavor,
         )
@@ -146,6 +144,7 @@ class SpineNet(keras.Model):
             parents = [
                 resample_feature(
                     built[parent],
+                    image,
                     source_level=graph.nodes[parent].level,
                     source_block_type=graph.nodes[parent].block_type,
                     target_level=node.level,
@@ -194,7 +193,7 @@ class SpineNet(keras.Model):
         self.pyramid_strides = {f"P{level}": 2**level for level in graph.outputs}
 
     def call(self, inputs, training=None, mask=None):
-        _check_image_shape(tuple(inputs.shape[1:]), self.size_multiple)
+        _check_image_shape(tuple(inputs.shape[1:]))
         return super().call(inputs, training=training, mask=mask)
 
     def get_config(self):

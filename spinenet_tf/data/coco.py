@@ -13,17 +13,13 @@ import numbers
 import os
 
 import numpy as np
-from PIL import Image
 from pycocotools import mask as mask_utils
 
+from spinenet_tf.data.images import probe_image
 from spinenet_tf.data.report import DataReport
 from spinenet_tf.errors import DataError
 
 LISTS = ("images", "annotations", "categories")
-# The bytes a complete file ends with, by PIL format name (MPO: a phone's multi-picture JPEG).
-JPEG_END = b"\xff\xd9"
-END_MARKERS = {"JPEG": JPEG_END, "MPO": JPEG_END, "PNG": b"\0\0\0\0IEND\xaeB`\x82"}
-TAIL_BYTES = 4096
 # COCO 2017's 80 category names by id (1..90, ten ids unused), the labels of the published
 # detectors, which predict the ids as class indices.
 COCO_CATEGORY_NAMES = {
@@ -245,61 +241,12 @@ def category_names(annotations):
     return {int(category["id"]): str(category.get("name", category["id"])) for category in data["categories"]}
 
 
-def _jpeg_scan_start(data):
-    """Offset of a JPEG's first start-of-scan marker, found by walking its header segments.
-
-    Searching the bytes instead could stop inside an APP segment, whose embedded
-    thumbnail (EXIF) is a whole JPEG with an end marker of its own.
-    """
-    position = 2  # after the start-of-image marker
-    while position + 4 <= len(data) and data[position] == 0xFF:
-        marker = data[position + 1]
-        if marker == 0xDA:
-            return position
-        if marker == 0xFF:  # fill byte before a marker
-            position += 1
-        else:
-            position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
-    return position
-
-
-def _is_truncated(file, image_format):
-    """Whether an open JPEG or PNG file stops before its end marker (other formats: False).
-
-    A cut JPEG decodes "successfully" in TensorFlow, grey below the cut, with one
-    anonymous log line, so the reader checks the end of each file: the last TAIL_BYTES
-    (zero padding allowed after the marker); only when they do not end with the marker is
-    the whole file searched, for data appended after it (phones append videos to photos).
-    """
-    end = END_MARKERS.get(image_format)
-    if end is None:
-        return False
-    size = file.seek(0, os.SEEK_END)
-    file.seek(max(0, size - TAIL_BYTES))
-    if file.read().rstrip(b"\0").endswith(end):
-        return False
-    file.seek(0)
-    data = file.read()
-    start = _jpeg_scan_start(data) if end == JPEG_END else 0
-    return data.find(end, start) < 0
-
-
 def _image_size(path, image, report):
     """(height, width) from the file's header, or None when it is not a readable, complete image."""
-    try:
-        with open(path, "rb") as file:
-            with Image.open(file) as opened:
-                width, height = opened.size
-                image_format = opened.format
-            truncated = _is_truncated(file, image_format)
-    except (OSError, SyntaxError, ValueError) as error:
-        report.warn("corrupt_image", f"{image['file_name']}: {error}")
+    probed = probe_image(path, image["file_name"], report)
+    if probed is None:
         return None
-    if truncated:
-        report.warn(
-            "truncated_image", f"{image['file_name']}: {image_format} data ends before its end marker"
-        )
-        return None
+    height, width, _ = probed
     if (image.get("height"), image.get("width")) != (height, width):
         report.warn(
             "size_mismatch",

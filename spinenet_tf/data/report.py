@@ -26,6 +26,11 @@ ACTIONS = {
     "missing_mask": "box-filled mask used: object has no usable segmentation",
     "mismatched_mask": "box-filled mask used: mask size or count differs from the image's objects",
     "empty_mask": "box-filled mask used: instance mask has no pixels",
+    "not_an_image": "file skipped: not named .jpg, .jpeg, .png, .bmp or .gif",
+    "unsupported_format": "image skipped: not JPEG, PNG, BMP or GIF, the formats TensorFlow decodes",
+    "empty_class": "class kept without images: its label stays reserved, never trained",
+    "malformed_record": "record skipped: not a tf.Example with image/encoded and image/class/label",
+    "undecodable_image": "image skipped: failed to decode (counted each time it is read)",
 }
 
 

@@ -68,7 +68,7 @@ POLYGONS = {
 }
 
 
-def _shape_mask(name, size, rng):
+def shape_mask(name, size, rng):
     """Boolean [size, size] mask of a randomly rotated shape that spans the square."""
     centre, radius = (size - 1) / 2, size / 2
     angle = rng.uniform(0, 2 * np.pi)
@@ -84,7 +84,7 @@ def _shape_mask(name, size, rng):
     return np.asarray(canvas, bool)
 
 
-def _background(rng, height, width):
+def random_background(rng, height, width):
     """Float [H, W, 3] background: a solid colour, a linear gradient or a smooth noise texture."""
     kind = rng.integers(3)
     if kind == 0:
@@ -102,7 +102,7 @@ def _background(rng, height, width):
     return np.clip(smooth + grain, 0, 255)
 
 
-def _contrasting_colour(rng, references):
+def contrasting_colour(rng, references):
     """A random colour at least MIN_CONTRAST from every reference colour (or the farthest of 16 tries)."""
     candidates = rng.integers(0, 256, (16, 3))
     distance = np.linalg.norm(candidates[:, None] - np.asarray(references)[None], axis=-1).min(axis=1)
@@ -118,7 +118,7 @@ def render_image(rng, height, width, max_objects=8):
     that would leave an earlier object under MIN_VISIBLE_PIXELS or MIN_VISIBLE_FRACTION of its
     area is drawn again, so every painted object stays visible enough to be annotated.
     """
-    background = _background(rng, height, width)
+    background = random_background(rng, height, width)
     image = background.round().astype(np.uint8)
     ids = np.zeros((height, width), np.uint8)
     objects, colours, visible, needed = [], [], np.zeros(1, np.int64), np.zeros(1, np.int64)
@@ -127,7 +127,7 @@ def render_image(rng, height, width, max_objects=8):
         for _ in range(PLACEMENT_TRIES):
             category = CATEGORIES[rng.integers(len(CATEGORIES))]
             size = int(round(np.exp(rng.uniform(np.log(MIN_OBJECT_SIZE), np.log(largest)))))
-            mask = _shape_mask(category["name"], size, rng)
+            mask = shape_mask(category["name"], size, rng)
             top, left = rng.integers(height - size + 1), rng.integers(width - size + 1)
             window = np.s_[top : top + size, left : left + size]
             hidden = np.bincount(ids[window][mask], minlength=len(visible))
@@ -138,7 +138,7 @@ def render_image(rng, height, width, max_objects=8):
         area = int(mask.sum())
         present = np.unique(ids[window])
         references = [background[window].reshape(-1, 3).mean(axis=0)] + [colours[k - 1] for k in present if k]
-        colours.append(_contrasting_colour(rng, references))
+        colours.append(contrasting_colour(rng, references))
         image[window][mask] = colours[-1]
         ids[window][mask] = len(objects) + 1
         visible = np.append(visible - hidden, area)
@@ -201,7 +201,7 @@ def _write_split(out_dir, split, num_images, seed, min_size, max_size, max_objec
     }
 
 
-def _check_int(name, value, minimum, maximum=None):
+def check_int(name, value, minimum, maximum=None):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise DataError(f"{name} must be an integer, got {value!r}.")
     if value < minimum or (maximum is not None and value > maximum):
@@ -219,14 +219,14 @@ def write_synthetic_coco(
     does not depend on num_train. Returns {"train": {...}, "val": {...}}, each with the
     number of images and annotations, the image directory and the annotations file.
     """
-    _check_int("num_train", num_train, 0)
-    _check_int("num_val", num_val, 0)
-    _check_int("seed", seed, 0)
-    _check_int("min_size", min_size, 2 * MIN_OBJECT_SIZE)
-    _check_int("max_size", max_size, 2 * MIN_OBJECT_SIZE)
+    check_int("num_train", num_train, 0)
+    check_int("num_val", num_val, 0)
+    check_int("seed", seed, 0)
+    check_int("min_size", min_size, 2 * MIN_OBJECT_SIZE)
+    check_int("max_size", max_size, 2 * MIN_OBJECT_SIZE)
     if max_size < min_size:
         raise DataError(f"max_size ({max_size}) must be >= min_size ({min_size}).")
-    _check_int("max_objects", max_objects, 1, 255)
+    check_int("max_objects", max_objects, 1, 255)
     out_dir = os.fspath(out_dir)
     os.makedirs(os.path.join(out_dir, "annotations"), exist_ok=True)
     return {

@@ -1,9 +1,13 @@
 """TFRecord shards in the TF Object Detection API / Model Garden schema, and the COCO converter.
 
-Keys: image/encoded, image/format, image/height, image/width, image/source_id,
+Detection keys: image/encoded, image/format, image/height, image/width, image/source_id,
 image/filename, image/object/bbox/{ymin,xmin,ymax,xmax} (normalised to [0, 1]),
 image/object/class/label (COCO category id), image/object/is_crowd, image/object/area,
 and optionally image/object/mask (one PNG per object), as Model Garden's readers expect.
+
+Classification keys: image/encoded, image/format, image/class/label, image/class/text and
+image/filename, the schema of the tensorflow/tpu ImageNet shards (whose readers need only
+the first three).
 """
 
 import io
@@ -15,10 +19,8 @@ import tensorflow as tf
 from PIL import Image
 
 from spinenet_tf.data.coco import read_coco
+from spinenet_tf.data.images import DECODABLE_FORMATS
 from spinenet_tf.errors import DataError
-
-# Formats tf.io.decode_image reads; other files are re-encoded as PNG by the converter.
-DECODABLE_FORMATS = {"JPEG": b"jpeg", "PNG": b"png", "BMP": b"bmp", "GIF": b"gif"}
 
 
 def _bytes(values):
@@ -105,7 +107,35 @@ def parse_example(serialized, with_masks=False):
     return example
 
 
-def _encoded_image(path):
+def encode_classification_example(encoded_image, image_format, label, class_name, file_name):
+    """An encoded image and its class -> tf.train.Example (see the module docstring)."""
+    features = {
+        "image/encoded": _bytes([encoded_image]),
+        "image/format": _bytes([image_format]),
+        "image/class/label": _ints([label]),
+        "image/class/text": _bytes([class_name.encode()]),
+        "image/filename": _bytes([file_name.encode()]),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=features))
+
+
+CLASSIFICATION_FEATURES = {
+    "image/encoded": tf.io.FixedLenFeature([], tf.string),
+    "image/class/label": tf.io.FixedLenFeature([], tf.int64),
+}
+
+
+def parse_classification_example(serialized):
+    """A serialized tf.Example -> {"encoded": image bytes, "label": int32}, the label as stored.
+
+    Fails (at run time) on a record without both features: the classification readers
+    count and skip those.
+    """
+    parsed = tf.io.parse_single_example(serialized, CLASSIFICATION_FEATURES)
+    return {"encoded": parsed["image/encoded"], "label": tf.cast(parsed["image/class/label"], tf.int32)}
+
+
+def encoded_image(path):
     """(bytes, format) of a fully decodable image; raises OSError for a broken one."""
     with Image.open(path) as image:
         image.load()  # decodes everything: catches truncated files that a header check misses
@@ -119,39 +149,50 @@ def _encoded_image(path):
 
 
 def shard_paths(prefix, num_shards):
+    """The file names of a conversion into `num_shards` shards (a DataError unless >= 1)."""
+    if num_shards < 1:
+        raise DataError(f"num_shards must be >= 1, got {num_shards}.")
     return [f"{prefix}-{i:05d}-of-{num_shards:05d}.tfrecord" for i in range(num_shards)]
+
+
+def write_shards(paths, examples):
+    """Writes serialized `examples` round-robin to the shard `paths`; returns how many.
+
+    Shards are written under a temporary name and renamed when complete, so an
+    interrupted conversion never leaves a truncated shard with the final name.
+    """
+    os.makedirs(os.path.dirname(os.path.abspath(paths[0])), exist_ok=True)
+    writers = [tf.io.TFRecordWriter(path + ".incomplete") for path in paths]
+    written = 0
+    for example in examples:
+        writers[written % len(paths)].write(example)
+        written += 1
+    for writer, path in zip(writers, paths):
+        writer.close()
+        os.replace(path + ".incomplete", path)
+    return written
 
 
 def coco_to_tfrecord(images_dir, annotations_file, out_prefix, num_shards=1, include_masks=True, verbose=1):
     """Converts a COCO split to `num_shards` TFRecord files; returns a summary dict.
 
     With `include_masks`, objects whose mask is written box-filled (no usable
-    segmentation) are counted in the summary's report.
-
-    Shards are written under a temporary name and renamed when complete, so an
-    interrupted conversion never leaves a truncated shard with the final name.
+    segmentation) are counted in the summary's report. See `write_shards`.
     """
-    if num_shards < 1:
-        raise DataError(f"num_shards must be >= 1, got {num_shards}.")
-    dataset = read_coco(images_dir, annotations_file, check_masks=include_masks)
     paths = shard_paths(out_prefix, num_shards)
-    os.makedirs(os.path.dirname(os.path.abspath(out_prefix)), exist_ok=True)
-    writers = [tf.io.TFRecordWriter(path + ".incomplete") for path in paths]
+    dataset = read_coco(images_dir, annotations_file, check_masks=include_masks)
     progress = keras.utils.Progbar(len(dataset.records), verbose=verbose, unit_name="image")
-    written = 0
-    for n, record in enumerate(dataset.records):
-        try:
-            encoded, image_format = _encoded_image(record.path)
-        except (OSError, SyntaxError, ValueError) as error:
-            dataset.report.warn("corrupt_image", f"{record.path}: {error}")
-            continue
-        masks = record.masks() if include_masks else None
-        writers[written % num_shards].write(
-            encode_example(record, encoded, image_format, masks).SerializeToString()
-        )
-        written += 1
-        progress.update(n + 1)
-    for writer, path in zip(writers, paths):
-        writer.close()
-        os.replace(path + ".incomplete", path)
+
+    def examples():
+        for n, record in enumerate(dataset.records):
+            try:
+                encoded, image_format = encoded_image(record.path)
+            except (OSError, SyntaxError, ValueError) as error:
+                dataset.report.warn("corrupt_image", f"{record.path}: {error}")
+                continue
+            masks = record.masks() if include_masks else None
+            yield encode_example(record, encoded, image_format, masks).SerializeToString()
+            progress.update(n + 1)
+
+    written = write_shards(paths, examples())
     return {"images": written, "shards": paths, "report": dataset.report}

@@ -2,6 +2,8 @@
 
 Both follow TF Model Garden: 3x3 convs (with bias) shared by every level, each followed
 by a batch norm of its own per level and the activation, then a shared predictor conv.
+RetinaNet's may make every 3x3 conv depthwise-separable (`use_separable_conv`, Model
+Garden's head of the Mobile SpineNet detectors), with that head's initialisers.
 """
 
 import math
@@ -13,17 +15,19 @@ def _normal(stddev):
     return keras.initializers.RandomNormal(stddev=stddev)
 
 
-def conv_tower(features, settings, num_convs, num_filters, name):
-    """`num_convs` 3x3 convs shared by all levels, each with its own BN per level -> {level: map}."""
+def _tower_conv(num_filters, settings, name, separable):
+    if separable:  # Model Garden gives its separable tower convs Keras' default (Glorot) initialisers
+        return keras.layers.SeparableConv2D(num_filters, 3, padding="same", dtype=settings.dtype, name=name)
+    return keras.layers.Conv2D(
+        num_filters, 3, padding="same", kernel_initializer=_normal(0.01), dtype=settings.dtype, name=name
+    )
+
+
+def conv_tower(features, settings, num_convs, num_filters, name, use_separable_conv=False):
+    """`num_convs` 3x3 convs (depthwise-separable if `use_separable_conv`) shared by all levels,
+    each with its own BN per level -> {level: map}."""
     convs = [
-        keras.layers.Conv2D(
-            num_filters,
-            3,
-            padding="same",
-            kernel_initializer=_normal(0.01),
-            dtype=settings.dtype,
-            name=f"{name}_conv{i + 1}",
-        )
+        _tower_conv(num_filters, settings, f"{name}_conv{i + 1}", use_separable_conv)
         for i in range(num_convs)
     ]
     outputs = {}
@@ -36,7 +40,18 @@ def conv_tower(features, settings, num_convs, num_filters, name):
     return outputs
 
 
-def _predictor(settings, out_channels, kernel_size, name, bias_initializer="zeros"):
+def _predictor(settings, out_channels, kernel_size, name, bias_initializer="zeros", separable=False):
+    if separable:
+        return keras.layers.SeparableConv2D(
+            out_channels,
+            kernel_size,
+            padding="same",
+            depthwise_initializer=_normal(0.03),
+            pointwise_initializer=_normal(0.03),
+            bias_initializer=bias_initializer,
+            dtype=settings.dtype,
+            name=name,
+        )
     return keras.layers.Conv2D(
         out_channels,
         kernel_size,
@@ -49,7 +64,14 @@ def _predictor(settings, out_channels, kernel_size, name, bias_initializer="zero
 
 
 def retinanet_head(
-    features, num_classes, anchors_per_location, num_convs, num_filters, settings, prior_probability=0.01
+    features,
+    num_classes,
+    anchors_per_location,
+    num_convs,
+    num_filters,
+    settings,
+    prior_probability=0.01,
+    use_separable_conv=False,
 ):
     """Returns (class_logits [B, N, num_classes], box_deltas [B, N, 4]) over all levels.
 
@@ -60,8 +82,10 @@ def retinanet_head(
     prior_bias = keras.initializers.Constant(-math.log((1 - prior_probability) / prior_probability))
     outputs = {}
     for name, per_anchor, bias in [("class_net", num_classes, prior_bias), ("box_net", 4, "zeros")]:
-        tower = conv_tower(features, settings, num_convs, num_filters, name)
-        predictor = _predictor(settings, anchors_per_location * per_anchor, 3, f"{name}_predict", bias)
+        tower = conv_tower(features, settings, num_convs, num_filters, name, use_separable_conv)
+        predictor = _predictor(
+            settings, anchors_per_location * per_anchor, 3, f"{name}_predict", bias, use_separable_conv
+        )
         outputs[name] = [predictor(x) for x in tower.values()]
     return (
         _flatten(outputs["class_net"], num_classes, "class_logits"),

@@ -50,6 +50,9 @@ class RetinaNet(Task, keras.Model):
     The loss is focal loss + box_loss_weight * Huber, both normalised by the number of
     positive anchors in the batch (+1), plus weight_decay / 2 * sum of squared conv and
     dense kernels of the trainable weights (L2 weight decay as in Model Garden).
+
+    `use_separable_conv` makes every 3x3 conv of the subnets depthwise-separable: Model
+    Garden's head of the Mobile SpineNet detectors (`SpineNetMobile`).
     """
 
     # Layers that int8 TFLite export leaves in float (see export/tflite.py): the head.
@@ -64,6 +67,7 @@ class RetinaNet(Task, keras.Model):
         max_level=7,
         num_convs=4,
         num_filters=256,
+        use_separable_conv=False,
         fpn_num_filters=256,
         num_scales=3,
         aspect_ratios=(0.5, 1.0, 2.0),
@@ -112,7 +116,13 @@ class RetinaNet(Task, keras.Model):
         features = backbone(image)
         decoder, features = decode_pyramid(features, decoder, min_level, max_level, fpn_num_filters, settings)
         class_logits, box_deltas = retinanet_head(
-            features, num_classes, anchor_spec.anchors_per_location, num_convs, num_filters, settings
+            features,
+            num_classes,
+            anchor_spec.anchors_per_location,
+            num_convs,
+            num_filters,
+            settings,
+            use_separable_conv=use_separable_conv,
         )
         super().__init__(
             inputs=image,
@@ -127,6 +137,7 @@ class RetinaNet(Task, keras.Model):
         self.decoder = decoder
         self.min_level, self.max_level = min_level, max_level
         self.num_convs, self.num_filters, self.fpn_num_filters = num_convs, num_filters, fpn_num_filters
+        self.use_separable_conv = use_separable_conv
         self.anchor_spec = anchor_spec
         self.detection_spec = detection_spec
         self.positive_threshold, self.negative_threshold = positive_threshold, negative_threshold
@@ -195,6 +206,7 @@ class RetinaNet(Task, keras.Model):
             "max_level": self.max_level,
             "num_convs": self.num_convs,
             "num_filters": self.num_filters,
+            "use_separable_conv": self.use_separable_conv,
             "fpn_num_filters": self.fpn_num_filters,
             "num_scales": spec.num_scales,
             "aspect_ratios": list(spec.aspect_ratios),

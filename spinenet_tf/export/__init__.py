@@ -1,4 +1,5 @@
-"""Export of detectors: SavedModel for TF Serving, TFLite (LiteRT), and a predictor over both."""
+"""Export of task models (detectors, classifiers): SavedModel for TF Serving, TFLite (LiteRT), and a
+predictor over both."""
 
 from spinenet_tf.export.from_run import export_run
 from spinenet_tf.export.predictor import coco_metrics, load_predictor

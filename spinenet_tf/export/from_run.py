@@ -4,11 +4,13 @@ what `spinenet export` does."""
 import itertools
 import os
 
-from spinenet_tf.data.coco import COCO_CATEGORY_NAMES, category_names
+import tensorflow as tf
+
+from spinenet_tf.data.coco import category_names
 from spinenet_tf.errors import ModelError
-from spinenet_tf.export.predictor import TFLITE_LABELS_FILE
+from spinenet_tf.export.predictor import TFLITE_LABELS_FILE, preset_labels
 from spinenet_tf.export.saved_model import export_saved_model, write_labels
-from spinenet_tf.export.serving import letterbox_uint8, model_image_size
+from spinenet_tf.export.serving import center_crop_uint8, letterbox_uint8, model_image_size
 from spinenet_tf.export.tflite import export_tflite
 
 FORMATS = ("saved_model", "tflite")
@@ -26,13 +28,42 @@ def run_category_names(config):
     return {}
 
 
-def representative_images(config, count):
-    """The first `count` training images, letterboxed to the model size as uint8 (int8 calibration)."""
+def run_labels(model_dir, config):
+    """{class id: name}: a classifier's class folders (label i is name i), a detector's COCO
+    categories; {} when the run's data has none (TFRecords)."""
+    from spinenet_tf.training.trainer import run_class_names
+
+    if config.model.is_classifier:
+        return dict(enumerate(run_class_names(model_dir) or []))
+    return run_category_names(config)
+
+
+def representative_images(config, count, crop_fraction=None):
+    """The first `count` training images as the .tflite takes them (int8 calibration): uint8,
+    letterboxed to the model size, or a classifier's centre crops (its converter's `crop_fraction`)."""
+    if config.model.is_classifier:
+        return _centre_crops(config, count, crop_fraction)
+    return _letterboxed_images(config, count)
+
+
+def _letterboxed_images(config, count):
     from spinenet_tf.data.pipeline import decode, make_source
 
     dataset = make_source(config.data.train).dataset().map(decode).ignore_errors()
     for example in itertools.islice(dataset, count):
         yield letterbox_uint8(example["image"], config.data.image_size)[0]
+
+
+def _centre_crops(config, count, crop_fraction):
+    """The training split's images centre-cropped on the host as `spinenet predict` does it."""
+    from spinenet_tf.data.classification import classification_source
+
+    def decode(example):
+        return tf.io.decode_image(example["encoded"], channels=3, dtype=tf.uint8, expand_animations=False)
+
+    images = classification_source(config.data.train).dataset().map(decode).ignore_errors()
+    for image in itertools.islice(images, count):
+        yield center_crop_uint8(image.numpy(), config.data.image_size, crop_fraction)
 
 
 def export_run(
@@ -49,13 +80,15 @@ def export_run(
 
     _check_format(export_format, quantize)
     model, config, checkpoint = load_trained_model(model_dir, config_path)
-    calibration = representative_images(config, calibration_images) if quantize == "int8" else None
-    labels = run_category_names(config)
+    calibration = None
+    if quantize == "int8":
+        calibration = representative_images(config, calibration_images, model.image_converter.crop_fraction)
+    labels = run_labels(model_dir, config)
     return _export(model, out, export_format, quantize, version, labels, calibration), checkpoint
 
 
 def export_preset(name, out, export_format="saved_model", quantize="none", version=None, checkpoint=None):
-    """Exports a pretrained preset's detector (COCO labels) under `out`; returns the written path.
+    """Exports a pretrained preset's model (labels: `preset_labels`) under `out`; returns the written path.
 
     int8 is refused: its calibration needs images, which a training run provides.
     """
@@ -67,7 +100,8 @@ def export_preset(name, out, export_format="saved_model", quantize="none", versi
             "--quantize int8 calibrates on a training run's images; a preset has none: export it with "
             "--quantize fp16 or dynamic, or fine-tune it (model.init_checkpoint) and export that run."
         )
-    return _export(preset_model(name, checkpoint), out, export_format, quantize, version, COCO_CATEGORY_NAMES)
+    model = preset_model(name, checkpoint)
+    return _export(model, out, export_format, quantize, version, preset_labels(model))
 
 
 def _check_format(export_format, quantize):
@@ -82,6 +116,7 @@ def _export(model, out, export_format, quantize, version, labels, calibration=No
         return export_saved_model(model, out, version, labels)
     path = os.path.join(out, tflite_file_name(quantize))
     export_tflite(model, path, quantize, calibration)
-    if labels:
-        write_labels(os.path.join(out, TFLITE_LABELS_FILE), labels, model_image_size(model))
+    crop_fraction = model.image_converter.crop_fraction  # a classifier's host-side crop, for predict
+    if labels or crop_fraction is not None:
+        write_labels(os.path.join(out, TFLITE_LABELS_FILE), labels, model_image_size(model), crop_fraction)
     return path

@@ -11,7 +11,7 @@ import shutil
 import keras
 import tensorflow as tf
 
-from spinenet_tf.export.serving import DetectorServing
+from spinenet_tf.export.serving import TaskServing
 
 LABELS_FILE = os.path.join("assets.extra", "labels.json")
 
@@ -34,17 +34,22 @@ def latest_version_dir(path):
     return os.path.join(path, str(version))
 
 
-def write_labels(path, labels, image_size):
-    """{class id: name} (and the model size) as the JSON `spinenet predict` reads."""
+def write_labels(path, labels, image_size, crop_fraction=None):
+    """{class id: name}, the model size and a classifier's `crop_fraction` (its .tflite takes the
+    centre crop made on the host) as the JSON `spinenet predict` reads."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    contents = {"image_size": image_size, "labels": {str(k): v for k, v in labels.items()}}
+    if crop_fraction is not None:
+        contents["crop_fraction"] = crop_fraction
     with open(path, "w") as f:
-        json.dump({"image_size": image_size, "labels": {str(k): v for k, v in labels.items()}}, f, indent=1)
+        json.dump(contents, f, indent=1)
 
 
 def export_saved_model(model, base_dir, version=None, labels=None):
     """Writes `base_dir/<version>/` (version: the next free one by default) and returns its path.
 
-    `labels` ({class id: name}) go to `assets.extra/labels.json` for `spinenet predict`.
+    `labels` ({class id: name}; a classifier's label i is class i) go to
+    `assets.extra/labels.json` for `spinenet predict`.
     The version is written aside and renamed into place, so TF Serving, which watches
     `base_dir`, never sees a half-written one.
     """
@@ -52,7 +57,7 @@ def export_saved_model(model, base_dir, version=None, labels=None):
     target = os.path.join(base_dir, str(version))
     if os.path.exists(target):
         raise FileExistsError(f"{target} exists; choose another version or remove it.")
-    serving = DetectorServing(model)
+    serving = TaskServing(model)
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint("serving_default", serving.serve_images, [tf.TensorSpec(None, tf.uint8, "images")])

@@ -1,10 +1,11 @@
-"""Serving graphs: images, encoded image bytes or tf.Examples in; final detections (and, for
-Mask R-CNN, `detection_masks` [B, D, 28, 28] in each box's frame) out.
+"""Serving graphs of any task: images, encoded image bytes or tf.Examples in; a detector's
+final detections (and, for Mask R-CNN, `detection_masks` [B, D, 28, 28] in each box's frame)
+or a classifier's `probabilities` and top-k `classes` and `scores` out.
 
-Every input goes through the detector's own `ImageConverter` (letterboxed to the model
-size, normalised) inside the graph, as `predict` does, and detections are mapped back to
-the pixels of each input image. Bad requests fail with an error naming the input, the
-batch index and the problem.
+Every input goes through the model's own `ImageConverter` (letterboxed or centre-cropped
+to the model size, normalised) inside the graph, as `predict` does, and detections are
+mapped back to the pixels of each input image. Bad requests fail with an error naming the
+input, the batch index and the problem.
 """
 
 import numpy as np
@@ -12,7 +13,7 @@ import tensorflow as tf
 from keras import ops
 
 from spinenet_tf.errors import ModelError
-from spinenet_tf.layers.image_converter import boxes_to_original, letterbox, normalise_image
+from spinenet_tf.layers.image_converter import boxes_to_original, center_crop, letterbox, normalise_image
 
 # Post-processing ops live under this name scope, so that int8 quantisation can leave them in float.
 POSTPROCESS_SCOPE = "postprocess"
@@ -21,42 +22,53 @@ IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a",
 
 
 def model_image_size(model):
-    """The static square input size of a detector built for serving."""
+    """The static square input size of a model built for serving."""
     height, width = model.backbone.input.shape[1:3]
     if height is None or height != width:
-        raise ModelError(f"Export needs a detector built for a static square input, got {height}x{width}.")
+        raise ModelError(f"Export needs a model built for a static square input, got {height}x{width}.")
     return int(height)
 
 
+def _to_uint8(image):
+    return np.clip(np.round(ops.convert_to_numpy(image)), 0, 255).astype(np.uint8)
+
+
 def letterbox_uint8(image, image_size):
-    """Host-side letterboxing for the .tflite input: (uint8 numpy [S, S, 3], scale (y, x) numpy)."""
+    """Host-side letterboxing for a detector's .tflite input: (uint8 numpy [S, S, 3], scale (y, x) numpy)."""
     letterboxed, scale = letterbox(np.asarray(image)[None], (image_size, image_size))
-    return np.clip(np.round(ops.convert_to_numpy(letterboxed)[0]), 0, 255).astype(
-        np.uint8
-    ), ops.convert_to_numpy(scale)
+    return _to_uint8(letterboxed[0]), ops.convert_to_numpy(scale)
+
+
+def center_crop_uint8(image, image_size, crop_fraction):
+    """Host-side centre crop for a classifier's .tflite input: uint8 numpy [S, S, 3]."""
+    return _to_uint8(center_crop(np.asarray(image)[None], (image_size, image_size), crop_fraction)[0])
 
 
 def detect_letterboxed(model, images):
-    """Letterboxed images [B, S, S, 3] (0..255) -> (raw outputs, detections in model pixels)."""
+    """Model-sized images [B, S, S, 3] (0..255; letterboxed, or centre-cropped for a classifier)
+    -> (raw outputs, answers: detections in model pixels, or a classifier's probabilities)."""
     raw = model(normalise_image(images), training=False)
     with tf.name_scope(POSTPROCESS_SCOPE):
-        detections = model.decode_predictions(raw, tuple(images.shape[1:3]))
-    return raw, detections
+        answers = model.decode_predictions(raw, tuple(images.shape[1:3]))
+    return raw, answers
 
 
-def to_serving_outputs(detections, scales=None, original_sizes=None):
-    """Detections -> the serving output names; boxes mapped to the originals when `scales` are given."""
-    boxes = detections["boxes"]
+def to_serving_outputs(answers, scales=None, original_sizes=None):
+    """A task's answers -> the serving output names: a classifier's as they are; a detector's
+    `detection_*`, boxes mapped to the originals when `scales` are given."""
+    if "boxes" not in answers:  # a classifier: probabilities, top-k classes and scores
+        return dict(answers)
+    boxes = answers["boxes"]
     if scales is not None:
         boxes = boxes_to_original(boxes, scales, original_sizes)
     outputs = {
         "detection_boxes": boxes,
-        "detection_scores": detections["scores"],
-        "detection_classes": detections["classes"],
-        "num_detections": detections["num_detections"],
+        "detection_scores": answers["scores"],
+        "detection_classes": answers["classes"],
+        "num_detections": answers["num_detections"],
     }
-    if "masks" in detections:  # [B, D, M, M] in each box's frame: unchanged by the letterbox
-        outputs["detection_masks"] = detections["masks"]
+    if "masks" in answers:  # [B, D, M, M] in each box's frame: unchanged by the letterbox
+        outputs["detection_masks"] = answers["masks"]
     return outputs
 
 
@@ -84,21 +96,25 @@ def _decode(encoded, index, input_name):
     return tf.ensure_shape(image, [None, None, 3])
 
 
-class DetectorServing:
-    """The serving functions of a detector (RetinaNet or MaskRCNN) built for a static square input."""
+class TaskServing:
+    """The serving functions of a task (RetinaNet, MaskRCNN, ImageClassifier) built for a static
+    square input."""
 
     def __init__(self, model):
         self.model = model
         self.image_size = model_image_size(model)
 
-    def _detect_each(self, prepare, elements):
-        """Applies `prepare(element, index) -> uint8 image` per batch element, then detects."""
+    def _answer_each(self, prepare, elements):
+        """Applies `prepare(element, index) -> uint8 image` per batch element, converts each
+        image to the model size, then runs the model on the batch."""
         indices = tf.range(tf.shape(elements)[0])
 
         def one(pair):
             image = prepare(*pair)
-            letterboxed, scale = letterbox(image[None], (self.image_size, self.image_size))
-            return letterboxed[0], scale, tf.shape(image)[:2]
+            resized, scale = self.model.image_converter.resize(
+                image[None], (self.image_size, self.image_size)
+            )
+            return resized[0], scale, tf.shape(image)[:2]
 
         signature = (
             tf.TensorSpec([self.image_size, self.image_size, 3], tf.float32),
@@ -106,8 +122,8 @@ class DetectorServing:
             tf.TensorSpec([2], tf.int32),
         )
         images, scales, sizes = tf.map_fn(one, (elements, indices), fn_output_signature=signature)
-        _, detections = detect_letterboxed(self.model, images)
-        return to_serving_outputs(detections, scales, sizes)
+        _, answers = detect_letterboxed(self.model, images)
+        return to_serving_outputs(answers, scales, sizes)
 
     def serve_images(self, images):
         """uint8 images [B, H, W, 3] of any one size.
@@ -117,8 +133,8 @@ class DetectorServing:
         """
         images = _with_size_check(tf.ensure_shape(images, [None, None, None, 3]), "images")
         inputs, scale = self.model.image_converter(images)
-        detections = self.model.decode_predictions(self.model(inputs, training=False), (self.image_size,) * 2)
-        return to_serving_outputs(detections, scale, tf.shape(images)[1:3])
+        answers = self.model.decode_predictions(self.model(inputs, training=False), (self.image_size,) * 2)
+        return to_serving_outputs(answers, scale, tf.shape(images)[1:3])
 
     def serve_image_bytes(self, image_bytes):
         """Encoded JPEG/PNG/GIF/BMP strings [B], each of its own size."""
@@ -126,7 +142,7 @@ class DetectorServing:
         def prepare(encoded, index):
             return _with_size_check(_decode(encoded, index, "image_bytes"), "image_bytes")
 
-        return self._detect_each(prepare, image_bytes)
+        return self._answer_each(prepare, image_bytes)
 
     def serve_tf_example(self, examples):
         """Serialized tf.Example protos [B] with the image in `image/encoded`."""
@@ -137,4 +153,4 @@ class DetectorServing:
         def prepare(data, index):
             return _with_size_check(_decode(data, index, "image/encoded of examples"), "examples")
 
-        return self._detect_each(prepare, encoded)
+        return self._answer_each(prepare, encoded)

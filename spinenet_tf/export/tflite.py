@@ -1,21 +1,25 @@
 """TFLite (LiteRT) export with post-processing inside, and its runner.
 
-The .tflite takes one letterboxed uint8 image `images` [1, S, S, 3] (S the model size;
-`serving.letterbox_uint8` prepares it with the converter's letterbox: longest side resized
-to S, zero padding bottom/right) and gives detections in those S x S pixels plus the raw
-outputs, under the signature `serving_default`. Quantisation modes:
+The .tflite takes one model-sized uint8 image `images` [1, S, S, 3] (S the model size),
+prepared on the host with the model's converter: for a detector `serving.letterbox_uint8`
+(longest side resized to S, zero padding bottom/right), and it gives detections in those
+S x S pixels plus the raw outputs; for a classifier `serving.center_crop_uint8` (the centred
+square of a fraction of the shorter side, resized to S), and it gives `probabilities`, the
+top-k `classes` and `scores`, and the `logits`. Signature `serving_default`.
+Quantisation modes:
 
 - `none`: float32.
 - `fp16`: float16 weights, float32 compute on CPU.
 - `dynamic`: int8 weights, activations quantised on the fly.
-- `int8`: the float model's backbone (and decoder) quantised to int8 weights and
-  activations, calibrated on representative images, by `ai_edge_quantizer` on the float
-  .tflite. The RetinaNet head (class and box subnets, the raw outputs: the model's
-  `int8_float_layers`) and the
-  post-processing (box decoding, NMS) stay float: with an int8 head, COCO AP falls 4
-  points under float on the synthetic benchmark (AP50 1), most of it from the box subnet;
-  and a quantised IoU division fails on empty boxes. The TF converter's int8 mode cannot
-  do this: it puts int8 quantize/dequantize pairs between ops it was told to leave float.
+- `int8`: the float model quantised to int8 weights and activations, calibrated on
+  representative images, by `ai_edge_quantizer` on the float .tflite, but for the layers the
+  model names in `int8_float_layers` and the post-processing (box decoding and NMS, softmax
+  and top-k), which stay float. RetinaNet keeps its head (class and box subnets, the raw
+  outputs) float: with an int8 head, COCO AP falls 4 points under float on the synthetic
+  benchmark (AP50 1), most of it from the box subnet; and a quantised IoU division fails on
+  empty boxes. An ImageClassifier keeps its dense logits float (a sliver of its compute).
+  The TF converter's int8 mode cannot do this: it puts int8 quantize/dequantize pairs
+  between ops it was told to leave float.
 """
 
 import os
@@ -41,14 +45,21 @@ def _write_float_saved_model(model, directory):
     size = model_image_size(model)
 
     def serve(images):
-        raw, detections = detect_letterboxed(model, tf.cast(images, tf.float32))
-        # The raw outputs too where they are not the detections themselves (RetinaNet's).
-        return {**to_serving_outputs(detections), **{k: v for k, v in raw.items() if k not in detections}}
+        raw, answers = detect_letterboxed(model, tf.cast(images, tf.float32))
+        return {**to_serving_outputs(answers), **_raw_outputs(raw, answers)}
 
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint("serving_default", serve, [tf.TensorSpec([1, size, size, 3], tf.uint8, "images")])
     archive.write_out(directory, verbose=False)
+
+
+def _raw_outputs(raw, answers):
+    """The raw outputs where they are not the answers themselves: RetinaNet's class logits and
+    box deltas over all anchors, a classifier's logits."""
+    if not isinstance(raw, dict):
+        return {"logits": raw}
+    return {name: value for name, value in raw.items() if name not in answers}
 
 
 def _float_scopes_regex(float_tflite, float_layers):
@@ -72,7 +83,8 @@ def _float_scopes_regex(float_tflite, float_layers):
 def export_tflite(model, path, quantize="none", representative_images=None):
     """Converts `model` to a .tflite file at `path` and returns its size in bytes.
 
-    `representative_images`: an iterable of letterboxed uint8 [S, S, 3] arrays, needed for int8.
+    `representative_images`: an iterable of model-sized uint8 [S, S, 3] arrays as the .tflite
+    takes them (letterboxed, or centre-cropped for a classifier), needed for int8.
     """
     if quantize not in QUANTIZATIONS:
         raise ModelError(f"quantize must be one of {QUANTIZATIONS}, got {quantize!r}.")
@@ -156,7 +168,7 @@ def _quantize_int8(float_tflite, representative_images, float_layers):
 
 
 class TFLiteDetector:
-    """Runs an exported .tflite through the LiteRT signature runner."""
+    """Runs an exported .tflite (a detector's or a classifier's) through the LiteRT signature runner."""
 
     def __init__(self, path, num_threads=None):
         from ai_edge_litert.interpreter import Interpreter
@@ -164,16 +176,18 @@ class TFLiteDetector:
         self.interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
         self.runner = self.interpreter.get_signature_runner("serving_default")
         self.image_size = int(self.runner.get_input_details()["images"]["shape"][1])
+        self.is_classifier = "probabilities" in self.runner.get_output_details()
 
-    def __call__(self, letterboxed_image):
+    def __call__(self, model_sized_image):
         """uint8 [S, S, 3] (or [1, S, S, 3]) -> dict of outputs with the batch dimension of 1."""
-        image = np.asarray(letterboxed_image)
+        image = np.asarray(model_sized_image)
         if image.ndim == 3:
             image = image[None]
         expected = (1, self.image_size, self.image_size, 3)
         if image.shape != expected or image.dtype != np.uint8:
+            view = "centre-cropped" if self.is_classifier else "letterboxed"
             raise ValueError(
-                f"The TFLite model takes one letterboxed uint8 image of shape {expected}; "
+                f"The TFLite model takes one {view} uint8 image of shape {expected}; "
                 f"got {image.dtype} {image.shape}."
             )
         return self.runner(images=image)

@@ -32,6 +32,13 @@ class ConvNormSettings:
         """Whether a conv pads explicitly ((k - 1) // 2 before, the rest after) instead of "same"."""
         return self.ops_flavor == "tpu" and strides > 1 and kernel_size > 1
 
+    def initializer(self):
+        """A fresh kernel initializer per layer: a shared seeded instance would give every
+        layer the same weights."""
+        return keras.initializers.get(
+            keras.initializers.serialize(keras.initializers.get(self.kernel_initializer))
+        )
+
     def conv(self, filters, kernel_size, name, strides=1, use_bias=False):
         return keras.layers.Conv2D(
             filters,
@@ -39,11 +46,7 @@ class ConvNormSettings:
             strides=strides,
             padding="valid" if self.fixed_padding(kernel_size, strides) else "same",
             use_bias=use_bias,
-            # A fresh initializer per layer: a shared seeded instance would give
-            # every layer the same weights.
-            kernel_initializer=keras.initializers.get(
-                keras.initializers.serialize(keras.initializers.get(self.kernel_initializer))
-            ),
+            kernel_initializer=self.initializer(),
             kernel_regularizer=self.kernel_regularizer,
             dtype=self.dtype,
             name=name,

@@ -22,19 +22,24 @@ SOURCE_FORMATS = {
     "tpu": (tpu_pairs, tpu_weight),
 }
 MODULES = ("all", "backbone")
-# What a model needs to compute what each reference computes, given as experiment
-# overrides: the tensorflow/tpu code pads strided convs explicitly, pools once per
-# down-sampling, uses BN epsilon 1e-4 / momentum 0.997 and anchor ratios [1, 2, 0.5].
+# What a model needs to compute what each reference computes, as experiment overrides for
+# each kind of task (`ModelConfig.task_key`): the tensorflow/tpu code pads strided convs
+# explicitly and pools once per down-sampling (its ops); its detectors use BN epsilon 1e-4 /
+# momentum 0.997 and anchor ratios [1, 2, 0.5]. Its classifiers' BN (1e-5 / 0.9) is their
+# configs', which the shipped classification experiments carry.
 FORMAT_OVERRIDES = {
-    "model-garden": (),
-    "tpu": (
-        "model.backbone.ops_flavor=tpu",
-        "model.backbone.norm_epsilon=1.0e-4",
-        "model.backbone.norm_momentum=0.997",
-        "model.detector.norm_epsilon=1.0e-4",
-        "model.detector.norm_momentum=0.997",
-        "model.detector.aspect_ratios=[1.0, 2.0, 0.5]",
-    ),
+    "model-garden": {"detector": (), "classifier": ()},
+    "tpu": {
+        "detector": (
+            "model.backbone.ops_flavor=tpu",
+            "model.backbone.norm_epsilon=1.0e-4",
+            "model.backbone.norm_momentum=0.997",
+            "model.detector.norm_epsilon=1.0e-4",
+            "model.detector.norm_momentum=0.997",
+            "model.detector.aspect_ratios=[1.0, 2.0, 0.5]",
+        ),
+        "classifier": ("model.backbone.ops_flavor=tpu",),
+    },
 }
 
 
@@ -44,7 +49,8 @@ def check_choice(name, value, allowed):
 
 
 def load_reference_checkpoint(model, checkpoint, source_format, modules="all"):
-    """Loads a Model Garden or tensorflow/tpu checkpoint into `model` (a RetinaNet or a SpineNet).
+    """Loads a Model Garden or tensorflow/tpu checkpoint into `model` (a RetinaNet, a tensorflow/tpu
+    ImageClassifier, or a SpineNet).
 
     Returns a `LoadReport`. Raises ModelError, listing the variables, when anything of
     the loaded parts is unmapped or mismatched; nothing is assigned then.
@@ -54,7 +60,7 @@ def load_reference_checkpoint(model, checkpoint, source_format, modules="all"):
     backbone = getattr(model, "backbone", model)
     if backbone is model:
         modules = "backbone"
-    elif model.decoder == "fpn":  # "auto" is the identity on a SpineNet
+    elif getattr(model, "decoder", None) == "fpn":  # "auto" is the identity on a SpineNet
         raise ModelError("Only SpineNet RetinaNets (identity decoder) have published checkpoints to load.")
     if not hasattr(backbone, "block_specs"):
         raise ModelError(
@@ -78,23 +84,32 @@ def load_reference_checkpoint(model, checkpoint, source_format, modules="all"):
     return assign(model, pairs, source, source_format, modules, unused)
 
 
+def reference_config(config, source_format, overrides=()):
+    """The experiment `config` (a name or YAML path) as a checkpoint of `source_format` needs it:
+    the format's settings for its task (`FORMAT_OVERRIDES`), float32, then `overrides`."""
+    from spinenet_tf.training.config import load_config
+
+    check_choice("source format", source_format, SOURCE_FORMATS)
+    task_key = load_config(config, overrides).model.task_key
+    return load_config(
+        config, [*FORMAT_OVERRIDES[source_format][task_key], "runtime.mixed_precision=float32", *overrides]
+    )
+
+
 def convert_checkpoint(checkpoint, source_format, config, out=None, modules="all", overrides=()):
     """(model, report): the experiment `config`'s model with the checkpoint loaded, saved to `out`.
 
     `config` is an experiment name or YAML path naming the architecture the checkpoint
-    was trained with (e.g. "retinanet/spinenet49_coco"); the source format's own
-    settings (`FORMAT_OVERRIDES`) and then `overrides` ("key=value") are applied to it.
+    was trained with (e.g. "retinanet/spinenet49_coco", "classification/spinenet49_imagenet"),
+    made as the source format needs it (`reference_config`, with `overrides` "key=value").
     The model is float32; `out` is a `.keras` file.
     """
-    from spinenet_tf.training.config import load_config
     from spinenet_tf.training.trainer import build_model
 
     check_choice("source format", source_format, SOURCE_FORMATS)
     if out is not None and not str(out).endswith(".keras"):
         raise ModelError(f"--out {out}: the converted model is a Keras file; name it *.keras.")
-    experiment = load_config(
-        config, [*FORMAT_OVERRIDES[source_format], "runtime.mixed_precision=float32", *overrides]
-    )
+    experiment = reference_config(config, source_format, overrides)
     policy = keras.config.dtype_policy()  # build_model sets the global policy: put it back
     try:
         model = build_model(experiment)

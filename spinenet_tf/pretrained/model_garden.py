@@ -18,6 +18,7 @@ not in build order) and `head/_cls_convs/i/...`. The rule:
 
 import collections
 
+from spinenet_tf.classification.image_classifier import ImageClassifier
 from spinenet_tf.errors import ModelError
 from spinenet_tf.pretrained.layout import spinenet_layout
 from spinenet_tf.pretrained.mapping import Pair, pair_in_order, pair_numbered_layers
@@ -131,6 +132,11 @@ def model_garden_pairs(model, backbone, source, modules):
         )
     pairs, owned = backbone_pairs(backbone, source, names)
     if modules == "all":
+        if isinstance(model, ImageClassifier):
+            raise ModelError(
+                "Model Garden classifier heads are not mapped (the published SpineNet classifiers are "
+                "tensorflow/tpu's: --from tpu); load the backbone alone (modules='backbone')."
+            )
         more, head_keys = head_pairs(model, source)
         pairs, owned = pairs + more, owned + head_keys
     return pairs, owned

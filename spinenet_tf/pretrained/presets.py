@@ -5,10 +5,11 @@ The registry is data: each `Preset` names the archive, the code base that wrote 
 overrides that make it the one trained. `preset_model` downloads the archive (Keras'
 `get_file`), extracts it, converts the checkpoint with `convert_checkpoint` and keeps the
 result as `<cache>/<name>.keras`; later calls load that file and touch neither the
-network nor TensorFlow's checkpoint reader. Of the presets of tasks this package does
-not have yet (Mask R-CNN, ImageNet classifiers) only the backbone loads
-(`preset_backbone`, `SpineNet.from_preset`); their task model refuses with a message
-naming the missing task.
+network nor TensorFlow's checkpoint reader. The detectors load as `RetinaNet`s, the
+ImageNet classifiers as `ImageClassifier`s (1001 classes at 224 px, as trained); of the
+Mask R-CNN presets, whose heads are not converted yet, only the backbone loads
+(`preset_backbone`, `SpineNet.from_preset`) and the task model refuses with a message
+naming what is missing.
 
 This module imports neither Keras nor TensorFlow at import time: `spinenet presets` lists
 the registry without them.
@@ -34,11 +35,12 @@ PLAIN = (
     "model.backbone.stochastic_depth_rate=0.0",
     "model.detector.activation=relu",
 )
-# task -> (the class that loads it, or None while spinenet_tf lacks the task; what it is).
+# task -> (the class that loads it, what it is; or None while its heads are not converted, what
+# that needs).
 TASKS = {
-    "retinanet": ("RetinaNet", "RetinaNet"),
+    "retinanet": ("RetinaNet", "a RetinaNet"),
     "maskrcnn": (None, "the conversion of its Mask R-CNN heads"),
-    "classification": (None, "an ImageNet classifier"),
+    "classification": ("ImageClassifier", "an ImageNet classifier"),
 }
 SPINENET49S_NOTE = "published 11.9 M counts 256 endpoint filters; the checkpoint's code builds 128: 11.3 M"
 # A stalled connection fails after this long instead of hanging (it bounds each socket
@@ -61,7 +63,7 @@ class Preset:
     source_format: str
     url: str
     sha256: str | None
-    experiment: str | None  # shipped experiment (or YAML); None for tasks not available
+    experiment: str  # shipped experiment (or YAML); a RetinaNet one for tasks not available
     overrides: tuple
     image_size: int
     published_ap: float
@@ -85,13 +87,13 @@ class Preset:
                 f"SpineNet.from_preset({self.name!r})."
             )
         if class_name is not None and class_name != loader:
-            raise ModelError(f"Preset {self.name} is a {what}; load it with {loader}.from_preset.")
+            raise ModelError(f"Preset {self.name} is {what}; load it with {loader}.from_preset.")
 
 
-def _presets(task, source_format, base_url, rows, overrides=()):
+def _presets(task, source_format, base_url, rows, overrides=(), experiment="retinanet/spinenet{}_coco"):
     """Presets from rows (name, archive under `base_url`, model id, input size, published metric,
-    params in M [, more overrides]). The model id's shipped RetinaNet experiment gives the
-    architecture (for tasks spinenet_tf lacks, their backbone's: only it loads, see
+    params in M [, more overrides]). The model id's shipped `experiment` gives the architecture
+    (for tasks not available, the RetinaNet one gives their backbone's: only it loads, see
     `preset_backbone`); `overrides`, then the row's, the settings the checkpoint was trained with."""
     return tuple(
         Preset(
@@ -100,7 +102,7 @@ def _presets(task, source_format, base_url, rows, overrides=()):
             source_format,
             base_url + archive,
             None,  # unknown: the registry was written without network access; fill in once hashed
-            f"retinanet/spinenet{model_id}_coco",
+            experiment.format(model_id),
             (*overrides, *(more[0] if more else ())),
             image_size,
             metric,
@@ -158,8 +160,8 @@ PRESETS = (
         PLAIN,
     ),
     # tensorflow/tpu Mask R-CNN (published: box AP; BN epsilon 1e-3, momentum 0.99; ReLU but 190's
-    # swish + stochastic depth) and ImageNet classifiers (top-1; BN 1e-5 / 0.9, swish, stochastic
-    # depth): the same SpineNet builder, so their backbones load; their heads need the tasks.
+    # swish + stochastic depth): the same SpineNet builder, so their backbones load; their heads
+    # need converting.
     *_presets(
         "maskrcnn",
         "tpu",
@@ -172,6 +174,8 @@ PRESETS = (
         ],
         ("model.backbone.norm_epsilon=1.0e-3", "model.backbone.norm_momentum=0.99"),
     ),
+    # tensorflow/tpu ImageNet classifiers (top-1): the shipped experiments are their configs
+    # (swish, stochastic depth 0.2, BN 1e-5 / 0.9, head aggregation "all", 1001 classes, 224 px).
     *_presets(
         "classification",
         "tpu",
@@ -210,7 +214,7 @@ PRESETS = (
                 127.1,
             ),
         ],
-        ("model.backbone.norm_epsilon=1.0e-5", "model.backbone.norm_momentum=0.9"),
+        experiment="classification/spinenet{}_imagenet",
     ),
 )
 
@@ -228,18 +232,18 @@ def get_preset(name):
 
 
 def preset_weights(name, checkpoint=None, cache_dir=None):
-    """What preset `name` gives: its task model, or the backbone alone for a task that
-    spinenet_tf lacks (for `model.init_checkpoint`)."""
+    """What preset `name` gives: its task model, or the backbone alone where its heads are not
+    converted (for `model.init_checkpoint`)."""
     if get_preset(name).available:
         return preset_model(name, checkpoint, cache_dir)
     return preset_backbone(name, checkpoint, cache_dir)
 
 
 def preset_backbone(name, checkpoint=None, cache_dir=None):
-    """The SpineNet of preset `name`, with the published weights: the detector's backbone, or
-    for a task spinenet_tf lacks (Mask R-CNN, classifiers) its backbone alone, converted with
-    `modules="backbone"` and cached as `<cache_dir>/<name>.backbone.keras`. It is built at the
-    RetinaNet experiment's input size (a classifier's backbone too: it serves detection)."""
+    """The SpineNet of preset `name`, with the published weights: the task model's backbone, at
+    the preset's input size (a classifier's at 224 px), or for a task whose heads are not
+    converted (Mask R-CNN) its backbone alone, converted with `modules="backbone"` at the
+    RetinaNet experiment's input size and cached as `<cache_dir>/<name>.backbone.keras`."""
     preset = get_preset(name)
     if preset.available:
         return preset_model(name, checkpoint, cache_dir).backbone
@@ -251,7 +255,7 @@ def preset_backbone(name, checkpoint=None, cache_dir=None):
 
 
 def preset_model(name, checkpoint=None, cache_dir=None):
-    """The RetinaNet of preset `name`, with the published weights.
+    """The task model (RetinaNet, ImageClassifier) of preset `name`, with the published weights.
 
     The first call downloads the archive into `cache_dir` (default
     `~/.cache/spinenet_tf/presets`), converts it and saves `<cache_dir>/<name>.keras`;
@@ -316,6 +320,7 @@ def _download(preset, cache_dir):
     import keras
 
     file_name = os.path.basename(preset.url)
+    loader = TASKS[preset.task][0] or "SpineNet"
     try:
         with _socket_timeout(SOCKET_TIMEOUT_S):
             return keras.utils.get_file(
@@ -329,7 +334,7 @@ def _download(preset, cache_dir):
         reason = " ".join(str(error).split())
         raise ModelError(
             f"Preset {preset.name}: cannot download {preset.url} ({reason}). Without network, fetch "
-            f"{file_name} elsewhere and pass it: RetinaNet.from_preset({preset.name!r}, "
+            f"{file_name} elsewhere and pass it: {loader}.from_preset({preset.name!r}, "
             f'checkpoint="path/to/{file_name}") or spinenet predict --preset {preset.name} '
             f"--checkpoint path/to/{file_name}."
         ) from None

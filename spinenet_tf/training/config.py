@@ -1,8 +1,8 @@
 """Experiment configs: YAML -> one typed dataclass tree, validated with errors that name the key.
 
 `--set a.b=value` overrides are applied to the YAML tree before validation, so they get
-the same checks. The model section's `backbone` and `detector` keys are constructor
-arguments, checked by `builders.py` (the module that builds them) before anything is built.
+the same checks. The model section's `backbone` and `detector` (or `classifier`) keys
+are constructor arguments, checked by `builders.py` (the module that builds them) before anything is built.
 Experiments ship inside the package (`spinenet_tf/experiments/`), so `--config synthetic`
 works wherever the package is installed.
 """
@@ -17,6 +17,7 @@ import yaml
 from spinenet_tf import builders
 from spinenet_tf.cache import cache_dir
 from spinenet_tf.data.synthetic import write_synthetic_coco
+from spinenet_tf.data.synthetic_classification import write_synthetic_classification
 from spinenet_tf.errors import ConfigError
 
 EXPERIMENTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
@@ -24,14 +25,16 @@ DEFAULT_EXPERIMENT = "retinanet/synthetic"
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("step", "cosine")
 INIT_MODULES = (("backbone",), ("all",))
 
 
 @dataclasses.dataclass
 class ModelConfig:
-    type: str = "retinanet"  # or "maskrcnn" (Mask / Faster / Cascade R-CNN)
+    type: str = "retinanet"  # or "maskrcnn" (Mask / Faster / Cascade R-CNN), "classifier"
     backbone: dict = dataclasses.field(default_factory=lambda: {"type": "spinenet", "model_id": "49"})
     detector: dict = dataclasses.field(default_factory=dict)  # RetinaNet / MaskRCNN arguments
+    classifier: dict = dataclasses.field(default_factory=dict)  # ImageClassifier arguments
     num_classes: int = 91
     freeze_backbone: bool = False
     # Starting weights of a fresh run (see `initialize.py`): a .keras file, a run's model dir or
@@ -45,10 +48,24 @@ class ModelConfig:
         if isinstance(self.init_modules, str):
             self.init_modules = (self.init_modules,)
 
+    @property
+    def is_classifier(self):
+        return self.type in builders.CLASSIFIERS
+
+    @property
+    def task_key(self):
+        """The section holding the task model's own arguments."""
+        return "classifier" if self.is_classifier else "detector"
+
+    @property
+    def task_arguments(self):
+        return self.classifier if self.is_classifier else self.detector
+
 
 @dataclasses.dataclass
 class SplitConfig:
-    """A COCO split (images + annotations) or TFRecord shards (tfrecord glob)."""
+    """Detection: a COCO split (images + annotations) or TFRecord shards (tfrecord glob).
+    Classification: a folder of class folders (images) or TFRecord shards (tfrecord glob)."""
 
     images: str | None = None
     annotations: str | None = None
@@ -69,8 +86,11 @@ class DataConfig:
     # Side of each object's mask cropped to its box, in the labels of detectors with masks
     # (Model Garden's mask_crop_size).
     mask_crop_size: int = 112
-    # write_synthetic_coco arguments: the dataset is written if absent. Without out_dir it goes
-    # to a cache directory, and train/val default to its splits.
+    # Classification's Inception-style training crop: its share of the image's area.
+    crop_area_range: tuple[float, float] = (0.08, 1.0)
+    # write_synthetic_coco (detectors) or write_synthetic_classification (classifiers)
+    # arguments: the dataset is written if absent. Without out_dir it goes to a cache
+    # directory, and train/val default to its splits.
     synthetic: dict | None = None
 
 
@@ -86,6 +106,9 @@ class OptimizerConfig:
     # (so a shorter or longer run keeps the curve's shape).
     warmup_steps: int | float = 500
     warmup_start_factor: float = 0.067
+    # After warm-up: "step" (x decay_factor at each of decay_steps) or "cosine" (a half
+    # cosine from learning_rate to 0 at train.total_steps).
+    schedule: str = "step"
     decay_steps: tuple[int | float, ...] = ()
     decay_factor: float = 0.1
 
@@ -182,7 +205,7 @@ def _choice(key, value, allowed):
 
 # Constructor arguments the app sets itself, and the config key that sets them.
 MANAGED_BACKBONE_ARGUMENTS = {"image_shape": "data.image_size", "sync_batch_norm": "runtime.sync_batch_norm"}
-MANAGED_DETECTOR_ARGUMENTS = {
+MANAGED_TASK_ARGUMENTS = {
     "backbone": "model.backbone",
     "num_classes": "model.num_classes",
     "sync_batch_norm": "runtime.sync_batch_norm",
@@ -200,18 +223,26 @@ def _check_model(model, image_size):
     backbone = {name: value for name, value in model.backbone.items() if name != "type"}
     cls = builders.backbone_class(model.backbone, "model.backbone", error=ConfigError)
     _check_constructor_keys("model.backbone", backbone, cls, MANAGED_BACKBONE_ARGUMENTS)
-    detector = builders.detector_class(model.type, error=ConfigError)
-    _check_constructor_keys("model.detector", model.detector, detector, MANAGED_DETECTOR_ARGUMENTS)
+    task = builders.task_class(model.type, error=ConfigError)
+    other_key = "detector" if model.is_classifier else "classifier"
+    if getattr(model, other_key):
+        raise ConfigError(
+            f"model.{other_key}: a {model.type} model takes its arguments in model.{model.task_key}; "
+            f"move them there or remove model.{other_key}."
+        )
+    _check_constructor_keys(f"model.{model.task_key}", model.task_arguments, task, MANAGED_TASK_ARGUMENTS)
     if model.init_modules not in INIT_MODULES:
         raise ConfigError(
             f"model.init_modules: {list(model.init_modules)} is not one of the allowed values "
             f"{[list(modules) for modules in INIT_MODULES]}."
         )
     if model.num_classes < 2:
-        raise ConfigError(
-            f"model.num_classes: must be >= 2 (class 0 is background), got {model.num_classes}."
-        )
-    detector_defaults = builders.constructor_arguments(detector)
+        raise ConfigError(f"model.num_classes: must be >= 2, got {model.num_classes}.")
+    if image_size <= 0:
+        raise ConfigError(f"data.image_size: must be positive, got {image_size}.")
+    if model.is_classifier:
+        return  # any input size: a classifier's backbone resizes between levels as needed
+    detector_defaults = builders.constructor_arguments(task)
     min_level = model.detector.get("min_level", detector_defaults["min_level"])
     max_level = model.detector.get("max_level", detector_defaults["max_level"])
     if min_level > max_level:
@@ -220,38 +251,40 @@ def _check_model(model, image_size):
         multiple = builders.input_size_multiple(model.backbone)
     except ValueError as error:  # an impossible block table or levels
         raise ConfigError(f"model.backbone: {error}") from None
-    if image_size <= 0 or image_size % multiple:
+    if image_size % multiple:
         below, above = image_size // multiple * multiple, (image_size // multiple + 1) * multiple
         nearest = f"{below} or {above}" if below > 0 else str(above)
         raise ConfigError(
-            f"data.image_size: {image_size} is not a positive multiple of {multiple}, which this "
-            f"{model.backbone.get('type', 'spinenet')} backbone needs (its coarsest stride); use {nearest}."
+            f"data.image_size: {image_size} is not a multiple of {multiple}, which this detector's "
+            f"{model.backbone.get('type', 'spinenet')} backbone needs for its anchors (its coarsest "
+            f"stride); use {nearest}."
         )
 
 
 def _check_weight_decay(model, optimizer):
-    """L2 is given once: the detector's weight_decay, AdamW's decoupled decay or a backbone regularizer."""
-    detector = builders.detector_class(model.type, error=ConfigError)
-    detector_decay = model.detector.get(
-        "weight_decay", builders.constructor_arguments(detector)["weight_decay"]
+    """L2 is given once: the task's weight_decay, AdamW's decoupled decay or a backbone regularizer."""
+    task = builders.task_class(model.type, error=ConfigError)
+    task_decay = model.task_arguments.get(
+        "weight_decay", builders.constructor_arguments(task)["weight_decay"]
     )
+    key = f"model.{model.task_key}.weight_decay"
     if optimizer.weight_decay and optimizer.type != "adamw":
         raise ConfigError(
             f"train.optimizer.weight_decay: only AdamW uses it (decoupled decay); with "
-            f"{optimizer.type!r} the L2 penalty is model.detector.weight_decay."
+            f"{optimizer.type!r} the L2 penalty is {key}."
         )
     twice = [
-        key
-        for key, value in [
+        name
+        for name, value in [
             ("train.optimizer.weight_decay", optimizer.weight_decay),
             ("model.backbone.kernel_regularizer", model.backbone.get("kernel_regularizer")),
         ]
         if value
     ]
-    if detector_decay and twice:
-        given = "" if "weight_decay" in model.detector else f", {detector.__name__}'s default"
+    if task_decay and twice:
+        given = "" if "weight_decay" in model.task_arguments else f", {task.__name__}'s default"
         raise ConfigError(
-            f"model.detector.weight_decay ({detector_decay}{given}) and {twice[0]} both put L2 on the "
+            f"{key} ({task_decay}{given}) and {twice[0]} both put L2 on the "
             "weights, so they would be decayed twice; set one of them to 0."
         )
 
@@ -286,6 +319,28 @@ def _check_schedule(train):
         raise ConfigError(f"train.optimizer.decay_steps: must increase, got {list(optimizer.decay_steps)}.")
 
 
+def _check_splits(model, data):
+    for name in ("train", "val"):
+        split = getattr(data, name)
+        if model.is_classifier and split.images is None and split.tfrecord is None:
+            raise ConfigError(
+                f"data.{name}: give 'images' (a folder of class folders) or 'tfrecord' (a glob)."
+            )
+        if (
+            not model.is_classifier
+            and split.tfrecord is None
+            and (split.images is None or split.annotations is None)
+        ):
+            raise ConfigError(f"data.{name}: give 'images' and 'annotations' (COCO) or 'tfrecord' (a glob).")
+    if not model.is_classifier and not data.val.annotations:
+        raise ConfigError("data.val.annotations: COCO evaluation needs the val split's annotations JSON.")
+    low, high = data.crop_area_range
+    if not 0 < low <= high <= 1:
+        raise ConfigError(
+            f"data.crop_area_range: need 0 < low <= high <= 1, got {list(data.crop_area_range)}."
+        )
+
+
 def validate(config):
     """Cross-field checks; raises ConfigError naming the key."""
     model, data, train, runtime = config.model, config.data, config.train, config.runtime
@@ -297,12 +352,7 @@ def validate(config):
         raise ConfigError(
             f"data.copy_paste_probability: must be in [0, 1], got {data.copy_paste_probability}."
         )
-    for name in ("train", "val"):
-        split = getattr(data, name)
-        if split.tfrecord is None and (split.images is None or split.annotations is None):
-            raise ConfigError(f"data.{name}: give 'images' and 'annotations' (COCO) or 'tfrecord' (a glob).")
-    if not data.val.annotations:
-        raise ConfigError("data.val.annotations: COCO evaluation needs the val split's annotations JSON.")
+    _check_splits(model, data)
     counts = {
         "train.batch_size": train.batch_size,
         "train.total_steps": train.total_steps,
@@ -321,6 +371,12 @@ def validate(config):
             f"{train.total_steps} (checkpoints fall on whole intervals)."
         )
     _choice("train.optimizer.type", train.optimizer.type, OPTIMIZERS)
+    _choice("train.optimizer.schedule", train.optimizer.schedule, SCHEDULES)
+    if train.optimizer.schedule == "cosine" and train.optimizer.decay_steps:
+        raise ConfigError(
+            "train.optimizer.decay_steps: a cosine schedule decays continuously; remove decay_steps "
+            "or use schedule: step."
+        )
     _check_schedule(train)
     _check_weight_decay(model, train.optimizer)
     _choice("runtime.strategy", runtime.strategy, STRATEGIES)
@@ -371,27 +427,34 @@ def experiment_path(name_or_path):
     )
 
 
-def synthetic_cache_dir(arguments):
-    """Where the synthetic set of these `write_synthetic_coco` arguments goes when no out_dir is given.
+def synthetic_cache_dir(writer, arguments):
+    """Where the synthetic set that `writer` (its function name) makes from these arguments goes
+    when no out_dir is given.
 
     A cache directory, not the working directory: the shipped default then trains the same
     way from any folder, and runs with the same arguments share one copy.
     """
     name = "-".join(f"{key}{value}" for key, value in sorted(arguments.items()))
-    return cache_dir(f"synthetic-{name}")
+    prefix = "synthetic-classification" if writer == "write_synthetic_classification" else "synthetic"
+    return cache_dir(f"{prefix}-{name}")
 
 
-def _complete_synthetic(data):
+def _complete_synthetic(model, data):
     """`data.synthetic` with its out_dir, and the splits that are not given pointed at its files."""
     if data.synthetic is None:
         return
-    builders.check_arguments(write_synthetic_coco, data.synthetic, "data.synthetic", error=ConfigError)
-    out_dir = data.synthetic.get("out_dir") or synthetic_cache_dir(data.synthetic)
+    write = write_synthetic_classification if model.is_classifier else write_synthetic_coco
+    builders.check_arguments(write, data.synthetic, "data.synthetic", error=ConfigError)
+    out_dir = data.synthetic.get("out_dir") or synthetic_cache_dir(write.__name__, data.synthetic)
     data.synthetic = {**data.synthetic, "out_dir": str(out_dir)}
     for name in ("train", "val"):
         if getattr(data, name) == SplitConfig():
-            annotations = os.path.join(out_dir, "annotations", f"instances_{name}.json")
-            setattr(data, name, SplitConfig(images=os.path.join(out_dir, name), annotations=annotations))
+            if model.is_classifier:
+                split = SplitConfig(images=os.path.join(out_dir, name))
+            else:
+                annotations = os.path.join(out_dir, "annotations", f"instances_{name}.json")
+                split = SplitConfig(images=os.path.join(out_dir, name), annotations=annotations)
+            setattr(data, name, split)
 
 
 def load_config(name_or_path=DEFAULT_EXPERIMENT, overrides=()):
@@ -405,7 +468,7 @@ def load_config(name_or_path=DEFAULT_EXPERIMENT, overrides=()):
     for assignment in overrides:
         _apply_override(tree, assignment)
     config = _from_dict(ExperimentConfig, tree, "")
-    _complete_synthetic(config.data)
+    _complete_synthetic(config.model, config.data)
     return validate(config)
 
 

@@ -13,8 +13,9 @@ import keras
 
 from spinenet_tf.errors import ConfigError, SpineNetError
 
-# RetinaNet's class predictor (`detection/head.py`): its shape follows num_classes.
-CLASS_PREDICTOR = "class_net_predict"
+# The class predictors whose shape follows num_classes: RetinaNet's (`detection/head.py`) and
+# ImageClassifier's.
+CLASS_PREDICTORS = ("class_net_predict", "logits")
 SHOWN_PROBLEMS = 5
 
 
@@ -84,18 +85,18 @@ def initialize_from(model, source_model, modules):
     if tuple(modules) == ("all",):
         if getattr(source_model, "backbone", None) is None:
             raise ConfigError(
-                "model.init_modules: [all] copies a whole detector, but model.init_checkpoint holds only "
+                "model.init_modules: [all] copies a whole task model, but model.init_checkpoint holds only "
                 "a backbone; use [backbone]."
             )
         weights, source_weights = named_weights(model), named_weights(source_model)
         keep_fresh = {
             path
             for path, weight in weights.items()
-            if path.startswith(f"{CLASS_PREDICTOR}/")
+            if path.split("/")[0] in CLASS_PREDICTORS
             and path in source_weights
             and tuple(weight.shape) != tuple(source_weights[path].shape)
         }
-        keys = "model.backbone and model.detector"
+        keys = "model.backbone and model.detector (or model.classifier)"
     else:
         weights, source_weights = _backbone_weights(model), _backbone_weights(source_model)
         keep_fresh, keys = set(), "model.backbone"

@@ -1,4 +1,4 @@
-"""Training and evaluation of a RetinaNet experiment: `spinenet train` / `spinenet eval`.
+"""Training and evaluation of an experiment (detector or classifier): `spinenet train` / `spinenet eval`.
 
 `fit` runs in whole checkpoint intervals (one Keras epoch = `checkpoint_interval` steps)
 and each interval ends with a checkpoint of weights, optimizer state and step (see
@@ -20,17 +20,24 @@ import numpy as np
 import tensorflow as tf
 import yaml
 
-from spinenet_tf.builders import build_detector, predicts_masks
+from spinenet_tf.builders import build_task, predicts_masks
+from spinenet_tf.data.classification import (
+    classification_eval_dataset,
+    classification_source,
+    classification_train_dataset,
+)
 from spinenet_tf.data.coco import category_names, load_annotations
 from spinenet_tf.data.pipeline import eval_dataset, make_source, train_dataset, unpad
 from spinenet_tf.data.synthetic import write_synthetic_coco
+from spinenet_tf.data.synthetic_classification import SUMMARY_FILE as SYNTHETIC_CLASSIFICATION_SUMMARY
+from spinenet_tf.data.synthetic_classification import write_synthetic_classification
 from spinenet_tf.errors import ConfigError, DataError, SpineNetError
 from spinenet_tf.evaluation import CocoEvaluator
 from spinenet_tf.training.checkpoints import CheckpointDirectory
 from spinenet_tf.training.config import load_config, resolve_steps, to_dict
 from spinenet_tf.training.distribute import make_distribution
 from spinenet_tf.training.initialize import initialize_from, load_init_source
-from spinenet_tf.training.schedule import WarmupStepDecay
+from spinenet_tf.training.schedule import WarmupCosineDecay, WarmupStepDecay
 from spinenet_tf.viz.detections import draw_ground_truth_and_detections
 
 # Val images drawn into TensorBoard at each evaluation (ground truth | detections).
@@ -38,33 +45,50 @@ NUM_EVAL_IMAGES = 4
 EVAL_IMAGE_MIN_SCORE = 0.3
 
 
+# A classifier run's class names (label i is name i), for `spinenet predict` and exports.
+CLASS_NAMES_FILE = "class_names.json"
+
+
+def run_class_names(model_dir):
+    """The class names a classifier run was trained with (its image folders), or None."""
+    path = os.path.join(model_dir, CLASS_NAMES_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
 class TrainingDiverged(SpineNetError, RuntimeError):
     """The loss became NaN or infinite."""
 
 
-def ensure_synthetic_dataset(data):
-    """Writes the synthetic dataset named in `data.synthetic` when its files are missing."""
+def ensure_synthetic_dataset(config):
+    """Writes the synthetic dataset named in `data.synthetic` when it is missing or incomplete."""
+    data = config.data
     if data.synthetic is None:
         return
-    missing = [
-        s.annotations for s in (data.train, data.val) if s.annotations and not os.path.exists(s.annotations)
-    ]
-    if missing:
-        arguments = dict(data.synthetic)
-        print(f"writing the synthetic dataset to {arguments.get('out_dir')} ...", flush=True)
-        write_synthetic_coco(**arguments)
+    arguments = dict(data.synthetic)
+    if config.model.is_classifier:
+        complete = os.path.exists(os.path.join(arguments["out_dir"], SYNTHETIC_CLASSIFICATION_SUMMARY))
+        write = write_synthetic_classification
+    else:
+        complete = all(not s.annotations or os.path.exists(s.annotations) for s in (data.train, data.val))
+        write = write_synthetic_coco
+    if not complete:
+        print(f"writing the synthetic dataset to {arguments['out_dir']} ...", flush=True)
+        write(**arguments)
 
 
 def build_model(config):
-    """The detector of `config` (build it inside the distribution's scope, then compile)."""
+    """The task model of `config` (build it inside the distribution's scope, then compile)."""
     keras.config.set_dtype_policy(config.runtime.mixed_precision)
     model_config = {
         "type": config.model.type,
         "backbone": config.model.backbone,
         "num_classes": config.model.num_classes,
     }
-    model_config.update(config.model.detector)
-    model = build_detector(model_config, config.data.image_size, config.runtime.sync_batch_norm)
+    model_config.update(config.model.task_arguments)
+    model = build_task(model_config, config.data.image_size, config.runtime.sync_batch_norm)
     if config.model.freeze_backbone:
         model.backbone.trainable = False  # Keras 3: frozen BN also stops updating its statistics
     return model
@@ -72,13 +96,20 @@ def build_model(config):
 
 def make_optimizer(config):
     train, optimizer = config.train, config.train.optimizer
-    schedule = WarmupStepDecay(
-        optimizer.learning_rate * train.batch_size / optimizer.base_batch_size,
-        resolve_steps(optimizer.warmup_steps, train.total_steps),
-        optimizer.warmup_start_factor,
-        [resolve_steps(step, train.total_steps) for step in optimizer.decay_steps],
-        optimizer.decay_factor,
-    )
+    learning_rate = optimizer.learning_rate * train.batch_size / optimizer.base_batch_size
+    warmup_steps = resolve_steps(optimizer.warmup_steps, train.total_steps)
+    if optimizer.schedule == "cosine":
+        schedule = WarmupCosineDecay(
+            learning_rate, train.total_steps, warmup_steps, optimizer.warmup_start_factor
+        )
+    else:
+        schedule = WarmupStepDecay(
+            learning_rate,
+            warmup_steps,
+            optimizer.warmup_start_factor,
+            [resolve_steps(step, train.total_steps) for step in optimizer.decay_steps],
+            optimizer.decay_factor,
+        )
     if optimizer.type == "adamw":
         return keras.optimizers.AdamW(
             schedule, weight_decay=optimizer.weight_decay, global_clipnorm=optimizer.global_clipnorm
@@ -167,6 +198,14 @@ class TrainingProgress(keras.callbacks.Callback):
 
 
 def _check_classes(config, source):
+    if config.model.is_classifier:
+        needed = source.num_classes_needed
+        if needed is not None and needed > config.model.num_classes:
+            raise ConfigError(
+                f"model.num_classes: {config.model.num_classes} outputs cannot hold label {needed - 1} of "
+                f"{source.report.source} (set num_classes to at least {needed})."
+            )
+        return
     if source.categories:
         largest = max(category["id"] for category in source.categories)
         if largest >= config.model.num_classes:
@@ -177,7 +216,34 @@ def _check_classes(config, source):
 
 
 def _training_dataset(config):
-    """(the training tf.data.Dataset, its Source: whose report counts the mask problems met)."""
+    """(the training tf.data.Dataset, its source: whose report counts the problems met)."""
+    if config.model.is_classifier:
+        dataset, source = _classification_training_dataset(config)
+    else:
+        dataset, source = _detection_training_dataset(config)
+    options = tf.data.Options()
+    # Workers of a multi-worker run take alternate per-replica slices of each global batch.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options), source
+
+
+def _classification_training_dataset(config):
+    data = config.data
+    source = classification_source(data.train)
+    _check_classes(config, source)
+    dataset = classification_train_dataset(
+        source,
+        data.image_size,
+        config.train.batch_size,
+        flip=data.flip,
+        shuffle_buffer=data.shuffle_buffer,
+        cache=data.cache,
+        area_range=data.crop_area_range,
+    )
+    return dataset, source
+
+
+def _detection_training_dataset(config):
     split = config.data.train
     data = config.data
     with_masks = predicts_masks(config.model.type, config.model.detector)
@@ -200,10 +266,7 @@ def _training_dataset(config):
         data.cache,
         mask_crop_size=data.mask_crop_size if with_masks else None,
     )
-    options = tf.data.Options()
-    # Workers of a multi-worker run take alternate per-replica slices of each global batch.
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return dataset.with_options(options), source
+    return dataset, source
 
 
 def _checkpoints(config, model_dir, write=True):
@@ -230,10 +293,13 @@ def train(config, model_dir, verbose=1):
         flush=True,
     )
     if distribution.is_chief:
-        ensure_synthetic_dataset(config.data)
+        ensure_synthetic_dataset(config)
         with open(os.path.join(model_dir, "config.yaml"), "w") as f:
             yaml.safe_dump(to_dict(config), f, sort_keys=False)
     dataset, source = _training_dataset(config)
+    if distribution.is_chief and getattr(source, "class_names", None):
+        with open(os.path.join(model_dir, CLASS_NAMES_FILE), "w") as f:
+            json.dump(list(source.class_names), f)
 
     checkpoints = _checkpoints(config, model_dir, write=distribution.is_chief)
     with distribution.scope():
@@ -249,9 +315,9 @@ def train(config, model_dir, verbose=1):
     if restored:
         print(f"resuming from {restored} at step {step}", flush=True)
     elif config.model.init_checkpoint:
-        source = load_init_source(config.model.init_checkpoint)  # outside the scope: not replicated
+        init_source = load_init_source(config.model.init_checkpoint)  # outside the scope: not replicated
         with distribution.scope():
-            report = initialize_from(model, source, config.model.init_modules)
+            report = initialize_from(model, init_source, config.model.init_modules)
         modules = ", ".join(config.model.init_modules)
         print(f"initialised {modules} from {config.model.init_checkpoint}: {report}", flush=True)
     if step < total_steps:
@@ -345,18 +411,82 @@ def _per_class_table(per_class_ap):
 
 
 def evaluate(config, model_dir, model=None):
-    """COCO metrics of the val split, printed and written to metrics.json and TensorBoard.
+    """The val split's metrics (COCO for a detector, top-1 / top-k for a classifier), printed
+    and written to metrics.json and TensorBoard.
 
-    Also writes, under logs/eval, a few val images with ground truth and detections
-    side by side. Without `model`, the latest checkpoint in `model_dir` is loaded into a
-    fresh one.
+    A detector's evaluation also writes, under logs/eval, a few val images with ground truth
+    and detections side by side. Without `model`, the latest checkpoint in `model_dir` is
+    loaded into a fresh one.
     """
     if model is None:
-        ensure_synthetic_dataset(config.data)
+        ensure_synthetic_dataset(config)
         model = build_model(config)
         model.compile(optimizer=make_optimizer(config))
         if not _checkpoints(config, model_dir).restore(model):
             raise FileNotFoundError(f"No checkpoint in {os.path.join(model_dir, 'checkpoints')} to evaluate.")
+    if config.model.is_classifier:
+        return _evaluate_classifier(config, model_dir, model)
+    return _evaluate_detector(config, model_dir, model)
+
+
+def _write_metrics(model_dir, model, metrics, details, tensorboard_prefix):
+    """metrics.json ({"step", **metrics, **details}) and the metrics as TensorBoard scalars."""
+    step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+    with open(os.path.join(model_dir, "metrics.json"), "w") as f:
+        json.dump({"step": step, **metrics, **details}, f, indent=2)
+    writer = tf.summary.create_file_writer(os.path.join(model_dir, "logs", "eval"))
+    with writer.as_default(step=step):
+        for name, value in metrics.items():
+            tf.summary.scalar(f"{tensorboard_prefix}/{name}", value)
+    return writer, step
+
+
+def _evaluate_classifier(config, model_dir, model):
+    """Top-1 and top-k accuracy (k = min(5, classes)) of the val split's centre crops, and
+    top-1 per class."""
+    source = classification_source(config.data.val)
+    dataset = classification_eval_dataset(
+        source, config.data.image_size, config.eval.batch_size, model.image_converter.crop_fraction
+    )
+    logits_of = tf.function(lambda images: model(images, training=False))
+    correct_top1, correct_topk, labels_seen = [], [], []
+    for images, labels in dataset:
+        logits = logits_of(images).numpy()
+        ranked = np.argsort(-logits, axis=-1)[:, : model.top_k]
+        labels = labels.numpy()
+        correct_top1.append(ranked[:, 0] == labels)
+        correct_topk.append((ranked == labels[:, None]).any(axis=-1))
+        labels_seen.append(labels)
+    if not labels_seen:
+        raise DataError(f"{source.report.source}: the val split has no readable images to evaluate.")
+    correct_top1, correct_topk = np.concatenate(correct_top1), np.concatenate(correct_topk)
+    labels_seen = np.concatenate(labels_seen)
+    metrics = {
+        "top1": float(correct_top1.mean()),
+        f"top{model.top_k}": float(correct_topk.mean()),
+        "num_images": len(labels_seen),
+    }
+    names = source.class_names or [str(label) for label in range(model.num_classes)]
+    per_class = {
+        names[label] if label < len(names) else str(label): float(correct_top1[labels_seen == label].mean())
+        for label in np.unique(labels_seen)
+    }
+    print(
+        f"top-1 {metrics['top1']:.4f}  top-{model.top_k} {metrics[f'top{model.top_k}']:.4f}  "
+        f"({len(labels_seen)} images)",
+        flush=True,
+    )
+    width = max(len(name) for name in per_class)
+    print(
+        "\n".join([f"{'class':<{width}}  top-1", *(f"{n:<{width}}  {v:.3f}" for n, v in per_class.items())])
+    )
+    if source.report.counts:
+        print(source.report.summary(), flush=True)
+    _write_metrics(model_dir, model, metrics, {"per_class_top1": per_class}, "classification")
+    return metrics
+
+
+def _evaluate_detector(config, model_dir, model):
     split = config.data.val
     masks = getattr(model, "include_mask", False)
     evaluator = CocoEvaluator(split.annotations, iou_types=("bbox", "segm") if masks else ("bbox",))
@@ -375,14 +505,10 @@ def evaluate(config, model_dir, model=None):
             }
             examples.append((int(image_ids[index]), photos[index], found))
     metrics, per_class_ap = evaluator.result(), evaluator.per_class_ap()
-    step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
     print(evaluator.summary(), flush=True)
     print(_per_class_table(per_class_ap), flush=True)
-    with open(os.path.join(model_dir, "metrics.json"), "w") as f:
-        json.dump({"step": step, **metrics, "per_class_AP": per_class_ap}, f, indent=2)
-    with tf.summary.create_file_writer(os.path.join(model_dir, "logs", "eval")).as_default(step=step):
-        for name, value in metrics.items():
-            tf.summary.scalar(f"coco/{name}", value)
+    writer, step = _write_metrics(model_dir, model, metrics, {"per_class_AP": per_class_ap}, "coco")
+    with writer.as_default(step=step):
         for name, value in per_class_ap.items():
             tf.summary.scalar(f"coco_per_class_AP/{name}", value)
         if examples:

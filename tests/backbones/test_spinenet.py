@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from spinenet_tf import MODEL_IDS, SpineNet, profile
+from spinenet_tf.layers.resample import ResizeToLevel
 from spinenet_tf.layers.stochastic_depth import StochasticDepth
 from spinenet_tf.published import MODEL_GARDEN_BACKBONE_PARAMS
 from tests.test_case import (
@@ -17,6 +18,13 @@ TINY = dict(filter_size_scale=0.25, endpoints_num_filters=16)
 
 def images(height, width, batch=2, seed=0):
     return np.random.default_rng(seed).uniform(-1, 1, (batch, height, width, 3)).astype("float32")
+
+
+def copy_weights_by_layer_name(source, target):
+    """Same-named layers share weights (a resize placed differently may reorder the weight list)."""
+    for layer in source.layers:
+        if layer.weights:
+            target.get_layer(layer.name).set_weights(layer.get_weights())
 
 
 def assert_pyramid(features, model, batch, height, width):
@@ -86,16 +94,43 @@ def test_dynamic_input_builds_the_same_network_as_static():
         assert_pyramid(dynamic(images(height, width, batch=1)), dynamic, 1, height, width)
 
 
-@pytest.mark.parametrize("image_shape", [(100, 128, 3), (128, 192, 3), (0, 128, 3)])
-def test_static_size_not_multiple_of_coarsest_stride_is_rejected(image_shape):
-    with pytest.raises(ValueError, match="multiple of 128"):
-        SpineNet("49", image_shape=image_shape, **TINY)
+@pytest.mark.parametrize("flavor", ["model_garden", "tpu"])
+@pytest.mark.parametrize("height, width", [(224, 224), (100, 150), (96, 160), (33, 47)])
+def test_any_input_size_gives_each_level_its_ceil_size(height, width, flavor):
+    model = SpineNet("49", image_shape=(height, width, 3), ops_flavor=flavor, **TINY)
+    features = model(images(height, width, batch=1))
+    for level in range(3, 8):
+        assert features[f"P{level}"].shape[1:3] == (-(-height // 2**level), -(-width // 2**level))
+    assert any(isinstance(layer, ResizeToLevel) for layer in model.layers)
 
 
-def test_dynamic_model_rejects_bad_size_when_called():
-    model = SpineNet("49", **TINY)
-    with pytest.raises(ValueError, match="width 96 is not a multiple of 128"):
-        model(images(128, 96, batch=1))
+@pytest.mark.parametrize("height, width", [(224, 224), (100, 150), (33, 47)])
+def test_dynamic_input_at_any_size_equals_the_static_model(height, width):
+    static = SpineNet("49", image_shape=(height, width, 3), **TINY)
+    dynamic = SpineNet("49", **TINY)
+    copy_weights_by_layer_name(static, dynamic)
+    x = images(height, width, batch=1)
+    assert_allclose_tree(dynamic(x), static(x), atol=1e-6, rtol=1e-6)
+
+
+def test_multiples_of_the_coarsest_stride_build_the_plain_network():
+    """No resize where every level is the input size / its stride: Model Garden's network."""
+    for shape in [(128, 128, 3), (256, 128, 3)]:
+        model = SpineNet("49", image_shape=shape, **TINY)
+        assert not any(isinstance(layer, ResizeToLevel) for layer in model.layers)
+
+
+def test_nearest_resize_takes_source_row_floor_of_i_times_in_over_out():
+    x = np.arange(4 * 5, dtype="float32").reshape(1, 4, 5, 1)
+    image = np.zeros((1, 7 * 4, 9 * 4, 3), "float32")  # level 2: 7 x 9
+    resized = np.asarray(ResizeToLevel(2)(x, image))[0, :, :, 0]
+    rows, cols = [i * 4 // 7 for i in range(7)], [j * 5 // 9 for j in range(9)]
+    np.testing.assert_array_equal(resized, x[0, :, :, 0][np.ix_(rows, cols)])
+
+
+def test_nonpositive_size_is_rejected():
+    with pytest.raises(ValueError, match="height must be positive"):
+        SpineNet("49", image_shape=(0, 128, 3), **TINY)
 
 
 def test_min_level_2_builds_the_16th_block_and_p2():

@@ -194,7 +194,9 @@ def test_factory_builds_and_rejects_unknown_keys():
     ):
         build_detector({"backbone": {"model": "49S"}, "num_classes": 5})
     with pytest.raises(
-        ModelError, match=r"backbone.type: 'vgg' is not one of the allowed values \['resnet50', 'spinenet'\]"
+        ModelError,
+        match=r"backbone.type: 'vgg' is not one of the allowed values "
+        r"\['resnet50', 'spinenet', 'spinenet_mobile'\]",
     ):
         build_detector({"backbone": {"type": "vgg"}, "num_classes": 5})
 

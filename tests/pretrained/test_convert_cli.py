@@ -149,3 +149,12 @@ def test_presets_lists_the_registry_without_loading_tensorflow():
     assert rows["maskrcnn_spinenet49_coco_tpu"].endswith(
         "backbone only (needs the conversion of its Mask R-CNN heads)"
     )
+    assert rows["classification_spinenet49_imagenet_tpu"].split()[1:] == [
+        "tpu",
+        "224",
+        "78.1",
+        "top-1",
+        "22.1",
+        "M",
+        "yes",
+    ]

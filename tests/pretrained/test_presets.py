@@ -12,14 +12,12 @@ import keras
 import numpy as np
 import pytest
 
-from spinenet_tf import RetinaNet, SpineNet, preset_names
+from spinenet_tf import ImageClassifier, RetinaNet, SpineNet, preset_names
 from spinenet_tf.errors import ModelError
 from spinenet_tf.pretrained import convert, presets
 from spinenet_tf.published import DETECTOR_REFERENCE
-from spinenet_tf.task import Task
-from spinenet_tf.training.config import load_config
 from spinenet_tf.training.initialize import initialize_from
-from tests.pretrained.fixtures import archive_preset, fixture, fixture_model, relative_error
+from tests.pretrained.fixtures import CLASSIFIER, archive_preset, fixture, fixture_model, relative_error
 
 LEVELS = ("P3", "P4", "P5", "P6", "P7")
 
@@ -77,6 +75,53 @@ def test_spinenet_from_preset_is_the_detectors_backbone(converted, monkeypatch):
     assert sorted(features) == list(LEVELS)
     for level in LEVELS:
         assert relative_error(features[level], arrays[level]) <= 1e-4, level
+
+
+@pytest.fixture(scope="module")
+def converted_classifier(tmp_path_factory):
+    """`ImageClassifier.from_preset` of a preset whose archive holds the tensorflow/tpu classifier
+    fixture (224 px): (preset, io arrays, cache dir, model, its output)."""
+    tmp_path = tmp_path_factory.mktemp("classifier_preset")
+    preset, arrays = archive_preset(CLASSIFIER, tmp_path, "tiny_classifier_fixture", task="classification")
+    cache = tmp_path / "cache"
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as monkeypatch, contextlib.redirect_stdout(printed):
+        register(monkeypatch, preset)
+        model = ImageClassifier.from_preset(preset.name, cache_dir=cache)
+    return preset, arrays, cache, model, printed.getvalue()
+
+
+def test_a_classifier_preset_is_the_tpu_image_classifier_it_was_trained_as(converted_classifier):
+    preset, arrays, cache, model, printed = converted_classifier
+    assert isinstance(model, ImageClassifier) and model.backbone.ops_flavor == "tpu"
+    assert (model.num_classes, model.aggregation, tuple(model.backbone.input.shape[1:3])) == (
+        10,
+        "all",
+        (224, 224),
+    )
+    assert f"preset {preset.name}: tpu checkpoint" in printed
+    assert "652 weights loaded, 0 left as initialised" in printed
+    assert sorted(os.listdir(cache)) == [f"{preset.name}.keras"]
+    assert relative_error(model(arrays["image"], training=False), arrays["logits"]) <= 1e-5
+    photo = np.random.default_rng(0).integers(0, 256, (1, 300, 200, 3), np.uint8)  # centre-cropped to 224
+    answer = model.predict(photo, verbose=0)
+    assert answer["probabilities"].shape == (1, 10) and answer["classes"].shape == (1, 5)
+    np.testing.assert_allclose(answer["probabilities"].sum(), 1.0, rtol=1e-5)
+
+
+def test_a_classifier_presets_backbone_is_its_spinenet_and_no_detector(converted_classifier, monkeypatch):
+    preset, arrays, cache, _, _ = converted_classifier
+    register(monkeypatch, preset)
+    monkeypatch.setattr(convert, "convert_checkpoint", lambda *a, **k: pytest.fail("converted again"))
+    backbone = SpineNet.from_preset(preset.name, cache_dir=cache)
+    assert isinstance(backbone, SpineNet) and backbone.ops_flavor == "tpu"
+    features = backbone(arrays["image"], training=False)
+    for level in LEVELS:
+        assert relative_error(features[level], arrays[level]) <= 1e-5, level
+    with pytest.raises(
+        ModelError, match="is an ImageNet classifier; load it with ImageClassifier.from_preset"
+    ):
+        RetinaNet.from_preset(preset.name, cache_dir=cache)
 
 
 def test_a_local_checkpoint_replaces_the_download(tmp_path, monkeypatch):
@@ -146,7 +191,6 @@ def test_an_unknown_preset_lists_the_known_ones():
             "maskrcnn_spinenet49_coco_tpu",
             "needs the conversion of its Mask R-CNN heads, not in",
         ),
-        (RetinaNet.from_preset, "classification_spinenet96_imagenet_tpu", "needs an ImageNet classifier"),
         (
             presets.preset_model,
             "maskrcnn_spinenet190_coco_tpu",
@@ -160,12 +204,25 @@ def test_a_preset_of_a_missing_task_says_which(load, name, missing, tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def test_a_task_class_loads_only_its_own_presets(tmp_path):
-    class ImageClassifier(Task, keras.Model):
-        pass
-
-    with pytest.raises(ModelError, match="is a RetinaNet; load it with RetinaNet.from_preset"):
-        ImageClassifier.from_preset("retinanet_spinenet49_coco", cache_dir=tmp_path)
+@pytest.mark.parametrize(
+    "load, name, message",
+    [
+        (
+            ImageClassifier.from_preset,
+            "retinanet_spinenet49_coco",
+            "is a RetinaNet; load it with RetinaNet.from_preset",
+        ),
+        (
+            RetinaNet.from_preset,
+            "classification_spinenet96_imagenet_tpu",
+            "is an ImageNet classifier; load it with ImageClassifier.from_preset",
+        ),
+    ],
+)
+def test_a_task_class_loads_only_its_own_presets(load, name, message, tmp_path):
+    with pytest.raises(ModelError, match=message):
+        load(name, cache_dir=tmp_path)
+    assert os.listdir(tmp_path) == []
 
 
 # === The registry ===
@@ -175,11 +232,15 @@ def test_preset_names_are_unique_and_public():
     assert all(name == name.lower() for name in names)
 
 
-@pytest.mark.parametrize("preset", [p for p in presets.PRESETS if p.available], ids=lambda p: p.name)
-def test_each_available_preset_has_a_valid_experiment_at_its_input_size(preset):
-    config = load_config(
-        preset.experiment, [*convert.FORMAT_OVERRIDES[preset.source_format], *preset.overrides]
-    )
+def _config(preset):
+    return convert.reference_config(preset.experiment, preset.source_format, preset.overrides)
+
+
+@pytest.mark.parametrize(
+    "preset", [p for p in presets.PRESETS if p.task == "retinanet"], ids=lambda p: p.name
+)
+def test_each_detector_preset_has_a_valid_experiment_at_its_input_size(preset):
+    config = _config(preset)
     assert config.data.image_size == preset.image_size
     assert f"spinenet{config.model.backbone['model_id'].lower()}_" in preset.name
     assert preset.url.startswith("https://storage.googleapis.com/") and preset.url.endswith(".tar.gz")
@@ -194,9 +255,29 @@ def test_each_available_preset_has_a_valid_experiment_at_its_input_size(preset):
     assert anchor_size == (4.0 if config.model.backbone["model_id"] in ("143", "190") else 3.0)
 
 
+@pytest.mark.parametrize(
+    "preset", [p for p in presets.PRESETS if p.task == "classification"], ids=lambda p: p.name
+)
+def test_each_classifier_preset_is_the_zoo_classifier(preset):
+    """The tensorflow/tpu ImageNet configs: 1001 classes at 224 px, swish, BN 0.9 / 1e-5,
+    aggregation "all" and that code's ops."""
+    config = _config(preset)
+    backbone, classifier = config.model.backbone, config.model.classifier
+    assert (
+        preset.available and config.model.is_classifier and preset.image_size == config.data.image_size == 224
+    )
+    assert f"spinenet{backbone['model_id']}_" in preset.name and config.model.num_classes == 1001
+    assert backbone["ops_flavor"] == "tpu" and backbone["activation"] == classifier["activation"] == "swish"
+    assert (backbone["norm_momentum"], backbone["norm_epsilon"]) == (0.9, 1e-5)
+    assert classifier["aggregation"] == "all" and not classifier.get("embedding_filters")
+    assert preset.url.startswith(presets.TPU_URL + "classification/") and preset.url.endswith(
+        "-imagenet.tar.gz"
+    )
+
+
 @pytest.mark.parametrize("preset", [p for p in presets.PRESETS if not p.available], ids=lambda p: p.name)
 def test_presets_of_missing_tasks_build_a_tpu_backbone_with_their_training_settings(preset):
-    config = load_config(preset.experiment, [*convert.FORMAT_OVERRIDES["tpu"], *preset.overrides])
+    config = _config(preset)
     backbone = config.model.backbone
     assert f"spinenet{backbone['model_id'].lower()}_" in preset.name and backbone["ops_flavor"] == "tpu"
     # Their configs' BN settings replace the tensorflow/tpu RetinaNet defaults (1e-4, 0.997).
@@ -204,10 +285,10 @@ def test_presets_of_missing_tasks_build_a_tpu_backbone_with_their_training_setti
 
 
 def test_a_backbone_of_a_missing_task_loads_alone_and_is_cached(tmp_path, monkeypatch):
-    """A classifier's checkpoint: its SpineNet loads (the archive here holds the tpu_49 fixture)."""
-    preset, arrays = archive_preset("tpu_49", tmp_path, "tiny_classifier_fixture", task="classification")
+    """A Mask R-CNN checkpoint: its SpineNet loads (the archive here holds the tpu_49 fixture)."""
+    preset, arrays = archive_preset("tpu_49", tmp_path, "tiny_maskrcnn_fixture", task="maskrcnn")
     register(monkeypatch, preset)
-    with pytest.raises(ModelError, match="needs an ImageNet classifier"):
+    with pytest.raises(ModelError, match="needs the conversion of its Mask R-CNN heads"):
         RetinaNet.from_preset(preset.name, cache_dir=tmp_path / "cache")
     backbone = SpineNet.from_preset(preset.name, cache_dir=tmp_path / "cache")
     assert isinstance(backbone, SpineNet) and backbone.ops_flavor == "tpu"
@@ -227,14 +308,7 @@ def test_a_backbone_of_a_missing_task_loads_alone_and_is_cached(tmp_path, monkey
 def test_each_available_preset_has_the_published_parameter_count(preset):
     from spinenet_tf.training.trainer import build_model
 
-    config = load_config(
-        preset.experiment,
-        [
-            *convert.FORMAT_OVERRIDES[preset.source_format],
-            *preset.overrides,
-            "runtime.mixed_precision=float32",
-        ],
-    )
+    config = _config(preset)
     params = sum(int(np.prod(weight.shape)) for weight in build_model(config).trainable_weights)
     # The published 11.9 M of 49S counts 256 endpoint filters; these checkpoints have 128.
     expected = DETECTOR_REFERENCE["49S"]["params"] / 1e6 if "49s" in preset.name else preset.params_m

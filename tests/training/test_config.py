@@ -48,8 +48,8 @@ def test_overrides_are_typed_and_checked_like_the_file():
     assert config.train.total_steps == 50 and config.data.scale_range == (0.5, 2.0)
 
 
-def learning_rates(total_steps, steps):
-    optimizer = make_optimizer(load_config("synthetic", [f"train.total_steps={total_steps}"]))
+def learning_rates(total_steps, steps, experiment="synthetic"):
+    optimizer = make_optimizer(load_config(experiment, [f"train.total_steps={total_steps}"]))
     rates = []
     for step in steps:
         optimizer.iterations.assign(step)
@@ -64,6 +64,12 @@ def test_schedule_steps_given_as_fractions_follow_total_steps():
     np.testing.assert_allclose(
         learning_rates(700, [0, 25, 49, 50, 599, 600]), learning_rates(1400, [0, 50, 98, 100, 1199, 1200])
     )
+
+
+def test_the_cosine_schedule_warms_up_then_follows_half_a_cosine_to_zero():
+    # The ImageNet recipe: 1.6 per 4096 images, 1564 warm-up steps from 0, cosine to the end.
+    rates = learning_rates(62557, [0, 782, 1564, 1564 + (62557 - 1564) // 2, 62557], "spinenet49_imagenet")
+    np.testing.assert_allclose(rates, [0.0, 0.8, 1.6, 0.8, 0.0], atol=1e-4)
 
 
 @pytest.mark.parametrize(
@@ -85,15 +91,15 @@ def test_schedule_steps_given_as_fractions_follow_total_steps():
             ["model.detector.min_level=6", "model.detector.max_level=5"],
             r"model.detector.min_level: 6 is greater than max_level 5",
         ),
-        (["data.image_size=200"], r"data.image_size: 200 is not a positive multiple of 128, .*use 128 or 2"),
+        (["data.image_size=200"], r"data.image_size: 200 is not a multiple of 128, .*use 128 or 2"),
         # SpineNet-49's table has level-7 blocks: 2**7 even when the outputs stop at P5.
         (
             ["model.backbone.max_level=5", "model.detector.max_level=5", "data.image_size=160"],
-            r"data.image_size: 160 is not a positive multiple of 128",
+            r"data.image_size: 160 is not a multiple of 128",
         ),
         (
             ["model.backbone.type=resnet50", "model.backbone={type: resnet50}", "data.image_size=80"],
-            r"data.image_size: 80 is not a positive multiple of 32, which this resnet50 backbone needs",
+            r"data.image_size: 80 is not a multiple of 32, which this detector.s resnet50 backbone needs",
         ),
         (
             ["model.backbone.block_specs=[[9, bottleneck, [0, 1], true]]"],

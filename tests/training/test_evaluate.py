@@ -33,7 +33,7 @@ def logged_images(log_dir, tag):
 
 def test_evaluation_writes_per_class_ap_and_ground_truth_beside_detections(tmp_path):
     config = load_config(write_experiment(tmp_path))
-    ensure_synthetic_dataset(config.data)
+    ensure_synthetic_dataset(config)
     model = build_model(config)
     model.compile(optimizer=make_optimizer(config))
     model_dir = tmp_path / "run"

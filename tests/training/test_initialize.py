@@ -163,7 +163,7 @@ def test_backbone_from_a_keras_file_fills_the_frozen_backbone_of_a_distributed_m
             {"num_filters": 16},
             ("all",),
             r"box_net_conv1/kernel: shape \(3, 3, 32, 32\) here, \(3, 3, 32, 16\) in the checkpoint; .*"
-            r"The experiment's model.backbone and model.detector must match",
+            r"The experiment.s model.backbone and model.detector \(or model.classifier\) must match",
         ),
     ],
 )

@@ -1,0 +1,1 @@
+"""Image classification: the classifier task and its pyramid aggregation."""
