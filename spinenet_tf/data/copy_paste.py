@@ -26,35 +26,63 @@ def boxes_from_masks(masks):
     return tf.where(tf.reduce_any(rows, axis=1, keepdims=True), boxes, 0.0)
 
 
-def paste(target, source, probability=0.5, object_probability=0.5):
-    """Pastes a random subset of `source`'s objects onto `target` with probability `probability`.
+def choose_objects(classes, probability=0.5, object_probability=0.5):
+    """[K] bool: which of a source's objects (classes [K], -1 = padding) to paste. With probability
+    `probability` each object is chosen with probability `object_probability`, else none."""
+    applied = tf.random.uniform([]) < probability
+    return applied & (classes >= 0) & (tf.random.uniform(tf.shape(classes)) < object_probability)
+
+
+def paste(target, source, chosen, with_masks=True):
+    """Pastes `source`'s `chosen` objects ([K] bool) onto `target`.
 
     Both are dicts with image [S, S, 3] float, boxes [K, 4], classes [K] (-1 = padding),
-    masks [K, S, S] uint8. Returns a dict of the same kind with 2K object slots.
+    masks [K, S, S] uint8 (0 or 1). Returns a dict of the same kind with 2K object slots,
+    the target's then the source's (class -1 where not chosen); without its masks unless
+    `with_masks`. Only the masks that can change anything are read: none when nothing is
+    chosen (half of the calls or more at the default probabilities), the chosen objects' to
+    composite, and the occluded target objects' to recompute their boxes.
     """
-    applied = tf.random.uniform([]) < probability
-    chosen = (source["classes"] >= 0) & (tf.random.uniform(tf.shape(source["classes"])) < object_probability)
-    chosen &= applied
-    pasted_masks = source["masks"] * tf.cast(chosen, source["masks"].dtype)[:, None, None]
-    alpha = tf.reduce_max(pasted_masks, axis=0)  # [S, S]; 0 when there are no objects (uint8 minimum)
-    image = tf.where(alpha[:, :, None] > 0, source["image"], target["image"])
+    masks = target["masks"]
 
-    remaining = target["masks"] * (1 - alpha)[None]
-    occluded = tf.reduce_any((target["masks"] > 0) & (alpha > 0)[None], axis=[1, 2])
-    hidden = occluded & ~tf.reduce_any(remaining > 0, axis=[1, 2])
-    boxes = tf.where(occluded[:, None], boxes_from_masks(remaining), target["boxes"])
-    classes = tf.where(hidden, -1, target["classes"])
-    return {
+    def pasted():
+        alpha = tf.reduce_any(tf.boolean_mask(source["masks"], chosen) > 0, axis=0)  # [S, S]
+        uncovered = tf.cast(~alpha, masks.dtype)
+        occluded = tf.reduce_any((masks > 0) & alpha[None], axis=[1, 2])
+        index = tf.where(occluded)
+        boxes = tf.tensor_scatter_nd_update(
+            target["boxes"], index, boxes_from_masks(tf.gather_nd(masks, index) * uncovered)
+        )
+        hidden = occluded & tf.reduce_all(boxes == 0.0, axis=1)  # an empty mask's box is zeros
+        return (
+            tf.where(alpha[:, :, None], source["image"], target["image"]),
+            boxes,
+            tf.where(hidden, -1, target["classes"]),
+            *([masks * uncovered] if with_masks else []),
+        )
+
+    def unchanged():
+        return target["image"], target["boxes"], target["classes"], *([masks] if with_masks else [])
+
+    image, boxes, classes, *remaining = tf.cond(tf.reduce_any(chosen), pasted, unchanged)
+    result = {
         "image": image,
         "boxes": tf.concat([boxes, tf.where(chosen[:, None], source["boxes"], 0.0)], axis=0),
         "classes": tf.concat([classes, tf.where(chosen, source["classes"], -1)], axis=0),
-        "masks": tf.concat([remaining, pasted_masks], axis=0),
     }
+    if with_masks:
+        pasted_masks = source["masks"] * tf.cast(chosen, source["masks"].dtype)[:, None, None]
+        result["masks"] = tf.concat([remaining[0], pasted_masks], axis=0)
+    return result
 
 
-def paste_within_pairs(pair, probability):
-    """A padded batch of two examples -> each with the other's objects pasted (independently)."""
+def paste_within_pairs(pair, probability, with_masks=True):
+    """A padded batch of two examples -> each with some of the other's objects pasted, with
+    probability `probability` (independently); masks kept only `with_masks`."""
     first = {key: value[0] for key, value in pair.items()}
     second = {key: value[1] for key, value in pair.items()}
-    results = [paste(first, second, probability), paste(second, first, probability)]
+    results = [
+        paste(target, source, choose_objects(source["classes"], probability), with_masks)
+        for target, source in ((first, second), (second, first))
+    ]
     return {key: tf.stack([result[key] for result in results]) for key in results[0]}

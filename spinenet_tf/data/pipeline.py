@@ -231,30 +231,48 @@ def _decoded_pngs(pngs, shape):
 
 
 def _counted(report, kinds, details, masks):
-    """`masks`, once each problem is counted in `report` (a Python object: tf.py_function)."""
+    """`masks`, once each problem is counted in `report`, a Python object.
+
+    Reached through tf.numpy_function, as the COCO source's rasterising is: the callback gets
+    NumPy bytes and needs only the GIL in tf.data's threads, where tf.py_function would make
+    eager tensors there and needs TensorFlow's eager context in each of them.
+    """
 
     def warn(kinds, details):
-        for kind, detail in zip(kinds.numpy(), details.numpy()):
+        for kind, detail in zip(kinds, details):
             report.warn(kind.decode(), detail.decode())
-        return True
+        return np.array(True)
 
-    with tf.control_dependencies([tf.py_function(warn, [kinds, details], Tout=tf.bool)]):
+    with tf.control_dependencies([tf.numpy_function(warn, [kinds, details], tf.bool, stateful=True)]):
         return tf.identity(masks)
 
 
 def _augment(example, image_size, scale_range, flip, with_masks):
-    """Crowd boxes out, flip, scale jitter and crop to the square training size."""
+    """Crowd boxes out, flip, scale jitter and crop to the square training size.
+
+    The masks stay as decoded, less the objects that are gone; their "mask_grid" follows
+    the image (see `augment`).
+    """
     keep = ~example["is_crowd"]
     boxes, classes = tf.boolean_mask(example["boxes"], keep), tf.boolean_mask(example["classes"], keep)
-    masks = tf.boolean_mask(example["masks"], keep) if with_masks else None
     image = example["image"]
+    grid = augment.pixel_grid(tf.shape(image)[:2]) if with_masks else None
     if flip:
-        image, boxes, masks = augment.random_flip(image, boxes, masks)
-    image, boxes, masks, kept = augment.scale_jitter_crop(image, boxes, masks, image_size, scale_range)
+        image, boxes, grid = augment.random_flip(image, boxes, grid)
+    image, boxes, grid, kept = augment.scale_jitter_crop(image, boxes, grid, image_size, scale_range)
     result = {"image": image, "boxes": boxes, "classes": tf.boolean_mask(classes, kept)}
     if with_masks:
-        result["masks"] = masks
+        objects = tf.boolean_mask(tf.boolean_mask(tf.range(tf.size(keep)), keep), kept)
+        result["masks"] = tf.gather(example["masks"], objects)
+        result["mask_grid"] = grid
     return result
+
+
+def _resampled_masks(example):
+    """The masks at the training size, as copy-paste composites them."""
+    example = dict(example)
+    example["masks"] = augment.resample_masks(example["masks"], example.pop("mask_grid"))
+    return example
 
 
 def _drop_padding(example):
@@ -266,7 +284,12 @@ def _training_pair(example, max_boxes, mask_crop_size):
     boxes, classes = augment.pad_labels(example["boxes"], example["classes"], max_boxes)
     labels = {"boxes": boxes, "classes": classes}
     if mask_crop_size is not None:
-        crops = augment.crop_masks(example["masks"][:max_boxes], example["boxes"][:max_boxes], mask_crop_size)
+        crops = augment.crop_masks(
+            example["masks"][:max_boxes],
+            example["boxes"][:max_boxes],
+            mask_crop_size,
+            example.get("mask_grid"),
+        )
         crops = tf.pad(crops, [[0, max_boxes - tf.shape(crops)[0]], [0, 0], [0, 0]])
         labels["masks"] = tf.ensure_shape(crops, [max_boxes, mask_crop_size, mask_crop_size])
     return augment.normalise_image(example["image"]), labels
@@ -308,11 +331,17 @@ def train_dataset(
     dataset = dataset.map(lambda e: _augment(e, image_size, scale_range, flip, with_masks), AUTOTUNE)
     if copy_paste_probability > 0:
         padding = {"image": 0.0, "boxes": 0.0, "classes": -1, "masks": tf.constant(0, tf.uint8)}
+        dataset = dataset.map(_resampled_masks, AUTOTUNE)
         dataset = dataset.padded_batch(2, padding_values=padding, drop_remainder=True)
         dataset = dataset.map(
-            lambda pair: copy_paste.paste_within_pairs(pair, copy_paste_probability), AUTOTUNE
+            lambda pair: copy_paste.paste_within_pairs(
+                pair, copy_paste_probability, mask_crop_size is not None
+            ),
+            AUTOTUNE,
         )
-        dataset = dataset.unbatch().map(_drop_padding, AUTOTUNE)
+        # Not unbatch(): TensorFlow (2.21) segfaults unbatching a component with no elements, [2, 0],
+        # which a pair of images without objects gives.
+        dataset = dataset.flat_map(tf.data.Dataset.from_tensor_slices).map(_drop_padding, AUTOTUNE)
     dataset = dataset.map(lambda e: _training_pair(e, max_boxes, mask_crop_size), AUTOTUNE)
     return dataset.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
 

@@ -152,13 +152,17 @@ def test_mask_targets_have_the_label_shapes_and_zero_padding(tmp_path):
         dataset = train_dataset(
             source, 64, 3, max_boxes=5, copy_paste_probability=copy_paste_probability, mask_crop_size=8
         )
+        crops = []
         for _, labels in batches(dataset, 4):
             masks, valid = labels["masks"], labels["classes"] >= 0
             assert masks.shape == (3, 5, 8, 8) and masks.dtype == np.float32
             assert (masks >= 0).all() and (masks <= 1).all()
             assert (masks[~valid] == 0).all()
-            # Rectangles filling their boxes: the crops are almost all ones (nearest-resized edges aside).
-            assert masks[valid].mean() > 0.8
+            crops.append(masks[valid])
+        # Rectangles filling their boxes: the crops are almost all ones (nearest-resized edges and
+        # pasted-over corners aside). Over 4 batches: one batch of a few small objects can dip
+        # under 0.8 (1 in 100 to 300), 4 together stayed over 0.88 in 200 trials.
+        assert np.concatenate(crops).mean() > 0.8
         without = train_dataset(source, 64, 3, max_boxes=5, copy_paste_probability=copy_paste_probability)
         assert set(batches(without, 1)[0][1]) == {"boxes", "classes"}
     assert source.report.counts == {"no_annotations": 1}

@@ -181,3 +181,23 @@ def test_copy_paste_in_the_pipeline_mixes_objects_of_two_images(coco, tmp_path, 
     counts = [int((labels["classes"][i] >= 0).sum()) for _, labels in _batches(dataset, 8) for i in range(4)]
     # Without pasting no image has more than 2 objects; with it some get 3 or more.
     assert max(counts) >= 3
+
+
+def test_copy_paste_of_two_images_without_objects_gives_empty_labels(tmp_path):
+    """Such a pair has components with no elements ([2, 0]), which TensorFlow's unbatch()
+    crashed on (a segfault, seen intermittently in the mask tests): the pipeline splits pairs
+    without it."""
+    source = coco_source(*write_coco(tmp_path, [("a.png", 40, 40, []), ("b.png", 32, 48, [])]))
+    for mask_crop_size in (None, 8):
+        dataset = train_dataset(
+            source,
+            64,
+            2,
+            max_boxes=3,
+            copy_paste_probability=1.0,
+            repeat=False,
+            mask_crop_size=mask_crop_size,
+        )
+        ((images, labels),) = _batches(dataset, 2)
+        assert images.shape == (2, 64, 64, 3) and (labels["classes"] == -1).all()
+        assert (labels["boxes"] == 0).all() and (labels.get("masks", np.zeros(1)) == 0).all()
