@@ -15,6 +15,7 @@ from tests.helpers import run_on_jax_without_tensorflow
 
 JAX_SCRIPT = """
 import json, sys
+import jax
 import numpy as np
 import keras
 
@@ -25,7 +26,10 @@ model = keras.saving.deserialize_keras_object(json.loads(serialized))
 model.load_weights(weights)
 x = np.load(inputs)
 eager = model(x, training=False)
-jitted = keras.Model.predict(model, x, batch_size=2, verbose=0)
+trainable = [v.value for v in model.trainable_variables]
+non_trainable = [v.value for v in model.non_trainable_variables]
+call = jax.jit(lambda t, n, x: model.stateless_call(t, n, x, training=False))
+jitted, _ = call(trainable, non_trainable, x)
 if not isinstance(eager, dict):
     eager, jitted = {"out": eager}, {"out": jitted}
 np.savez(out, **{k: np.asarray(v) for k, v in eager.items()}, **{"jit_" + k: v for k, v in jitted.items()})

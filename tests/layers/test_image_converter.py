@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from spinenet_tf import ImageConverter, RetinaNet, SpineNet
 from spinenet_tf.errors import ModelError
-from spinenet_tf.layers.image_converter import MEAN_RGB, STDDEV_RGB, boxes_to_original, letterbox
+from spinenet_tf.layers.image_converter import MEAN_RGB, STDDEV_RGB, boxes_to_original, center_crop, letterbox
 from tests.helpers import random_image, spread_detector
 from tests.test_case import run_serialization_test
 
@@ -69,6 +69,7 @@ def test_converter_normalises_and_pads_a_dynamic_model_to_its_size_multiple():
     assert ImageConverter.from_config(converter.get_config()).get_config() == {
         "image_size": [256, 192],
         "size_multiple": 32,
+        "crop_fraction": None,
     }
 
 
@@ -120,3 +121,22 @@ def test_a_dataset_of_photos_predicts_like_the_array():
     from_array = model.predict(photos, verbose=0)
     np.testing.assert_allclose(from_dataset["boxes"], from_array["boxes"], atol=1e-3)
     assert from_array["boxes"][..., 2].max() > 100  # in the 150 px photo's pixels, not the 128 px input's
+
+
+def test_the_centre_crop_is_tf_image_crop_then_resize():
+    """A classifier's view: the centred square of 0.875 x the shorter side (floored), resized
+    bilinearly, for static and run-time sizes."""
+    rng = np.random.default_rng(0)
+    for height, width in [(100, 150), (300, 247), (57, 57)]:
+        image = rng.integers(0, 256, (1, height, width, 3), np.uint8)
+        crop = int(np.float32(0.875) * min(height, width))
+        top, left = (height - crop) // 2, (width - crop) // 2
+        expected = tf.image.resize(
+            tf.cast(image[:, top : top + crop, left : left + crop], tf.float32), (64, 64)
+        )
+        np.testing.assert_allclose(np.asarray(center_crop(image, (64, 64), 0.875)), expected, atol=1e-4)
+        traced = tf.function(
+            lambda x: center_crop(x, (64, 64), 0.875),
+            input_signature=[tf.TensorSpec([1, None, None, 3], tf.uint8)],
+        )
+        np.testing.assert_allclose(traced(image).numpy(), expected, atol=1e-4)
