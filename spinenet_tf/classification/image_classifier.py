@@ -5,13 +5,11 @@ from keras import ops
 
 from spinenet_tf.errors import ModelError
 from spinenet_tf.layers.conv_norm import ConvNormSettings, conv_norm
-from spinenet_tf.layers.image_converter import ImageConverter
+from spinenet_tf.layers.image_converter import CENTER_CROP_FRACTION, ImageConverter
 from spinenet_tf.layers.resample import ResizeToLevel
 from spinenet_tf.task import Task
 
 AGGREGATIONS = ("all", "top")
-# The ImageNet evaluation view: the centred 224 of 256 (of the shorter side).
-CENTER_CROP_FRACTION = 0.875
 
 
 @keras.saving.register_keras_serializable(package="spinenet_tf")

@@ -35,14 +35,12 @@ from spinenet_tf.data.tfrecord import (
     write_shards,
 )
 from spinenet_tf.errors import DataError
-from spinenet_tf.layers.image_converter import center_crop, normalise_image
+from spinenet_tf.layers.image_converter import CENTER_CROP_FRACTION, center_crop, normalise_image
 
 AUTOTUNE = tf.data.AUTOTUNE
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 # What tf.io.decode_image reads, by PIL format name (MPO, a phone's multi-picture JPEG: its first picture).
 TENSORFLOW_FORMATS = {*DECODABLE_FORMATS, "MPO"}
-# The ImageNet evaluation view, 224 of 256 pixels; also training's fallback crop.
-CENTER_CROP_FRACTION = 0.875
 CROP_ATTEMPTS = 10
 # Shards a training source reads at once (the order of records within a shard is kept).
 PARALLEL_SHARDS = 16

@@ -14,12 +14,12 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from spinenet_tf.classification.image_classifier import CENTER_CROP_FRACTION, ImageClassifier
+from spinenet_tf.classification.image_classifier import ImageClassifier
 from spinenet_tf.data.coco import COCO_CATEGORY_NAMES
 from spinenet_tf.export.saved_model import LABELS_FILE, latest_version_dir
 from spinenet_tf.export.serving import center_crop_uint8, letterbox_uint8
 from spinenet_tf.export.tflite import TFLiteDetector
-from spinenet_tf.layers.image_converter import boxes_to_original
+from spinenet_tf.layers.image_converter import CENTER_CROP_FRACTION, boxes_to_original
 from spinenet_tf.pretrained.presets import preset_model
 
 TFLITE_LABELS_FILE = "labels.json"  # beside the .tflite files

@@ -20,6 +20,8 @@ from keras import ops
 
 from spinenet_tf.errors import ModelError
 
+# The ImageNet evaluation view of classifiers: the centred 224 of 256 of the shorter side.
+CENTER_CROP_FRACTION = 0.875
 # ImageNet statistics in 0..255 RGB, the normalisation of Model Garden's detectors.
 MEAN_RGB = (123.675, 116.28, 103.53)
 STDDEV_RGB = (58.395, 57.12, 57.375)
