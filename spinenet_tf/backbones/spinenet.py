@@ -22,6 +22,32 @@ def regularizer_from_config(value):
     return keras.regularizers.get(value)
 
 
+def scale_permuted_pyramid(
+    graph, built, resample, block, settings, stochastic_depth_rate, endpoints_num_filters
+):
+    """Builds the scale-permuted blocks of `graph` on its built stem blocks and returns the
+    endpoints {"P{level}": 1x1 conv + BN + act}: the assembly every SpineNet family shares.
+
+    `built`: {node index: output} of the stem blocks, filled in with the others.
+    `resample(x, parent_node, node)`: a parent's output at `node`'s level and width.
+    `block(x, node, drop_rate=...)`: `node`'s block group on the summed, activated parents.
+    """
+    for node in graph.used_nodes():
+        if node.is_stem:
+            continue
+        parents = [resample(built[parent], graph.nodes[parent], node) for parent in node.parents[:2]]
+        # Unconsumed blocks merged into an output block already have its width.
+        parents += [built[parent] for parent in node.parents[2:]]
+        x = keras.layers.Add(dtype=settings.dtype, name=f"{node.name}_sum")(parents)
+        x = settings.activate(x, f"{node.name}_sum_act")
+        drop_rate = stochastic_depth_rate * node.spec_number / len(graph.block_specs)
+        built[node.index] = block(x, node, drop_rate=drop_rate)
+    return {
+        f"P{level}": conv_norm(built[index], settings, endpoints_num_filters, 1, f"P{level}")
+        for level, index in graph.outputs.items()
+    }
+
+
 def spinenet_size_multiple(block_specs=None, min_level=3, max_level=7):
     """2**L, L the coarsest level of the blocks the outputs need (or `max_level` if higher): at
     multiples of it every level is exactly the input size / its stride (the published
@@ -133,41 +159,32 @@ class SpineNet(keras.Model):
         image = keras.Input(shape=image_shape, name="image")
         x = conv_norm(image, settings, specs.STEM_CONV_FILTERS, 7, "stem", strides=2)
         x = keras.layers.MaxPooling2D(3, 2, padding="same", dtype=dtype, name="stem_pool")(x)
+
+        def block(x, node, drop_rate=None):
+            filters = specs.block_filters(node.level, filter_size_scale)
+            return block_group(x, node.block_type, filters, block_repeats, settings, node.name, drop_rate)
+
+        def resample(x, parent, node):
+            return resample_feature(
+                x,
+                image,
+                source_level=parent.level,
+                source_block_type=parent.block_type,
+                target_level=node.level,
+                target_block_type=node.block_type,
+                target_filters=specs.block_filters(node.level, filter_size_scale),
+                alpha=resample_alpha,
+                settings=settings,
+                name=f"{node.name}_from_{parent.name}",
+            )
+
         built = {}
         for node in graph.used_nodes():
-            filters = specs.block_filters(node.level, filter_size_scale)
-            if node.is_stem:
-                built[node.index] = x = block_group(
-                    x, node.block_type, filters, block_repeats, settings, node.name
-                )
-                continue
-            parents = [
-                resample_feature(
-                    built[parent],
-                    image,
-                    source_level=graph.nodes[parent].level,
-                    source_block_type=graph.nodes[parent].block_type,
-                    target_level=node.level,
-                    target_block_type=node.block_type,
-                    target_filters=filters,
-                    alpha=resample_alpha,
-                    settings=settings,
-                    name=f"{node.name}_from_{graph.nodes[parent].name}",
-                )
-                for parent in node.parents[:2]
-            ]
-            # Unconsumed blocks merged into an output block already have its width.
-            parents += [built[parent] for parent in node.parents[2:]]
-            x = keras.layers.Add(dtype=dtype, name=f"{node.name}_sum")(parents)
-            x = settings.activate(x, f"{node.name}_sum_act")
-            drop_rate = stochastic_depth_rate * node.spec_number / len(graph.block_specs)
-            built[node.index] = block_group(
-                x, node.block_type, filters, block_repeats, settings, node.name, drop_rate
-            )
-        features = {
-            f"P{level}": conv_norm(built[index], settings, endpoints_num_filters, 1, f"P{level}")
-            for level, index in graph.outputs.items()
-        }
+            if node.is_stem:  # each stem block feeds the next
+                built[node.index] = x = block(x, node)
+        features = scale_permuted_pyramid(
+            graph, built, resample, block, settings, stochastic_depth_rate, endpoints_num_filters
+        )
         super().__init__(inputs=image, outputs=features, dtype=dtype, **kwargs)
 
         # === Config ===

@@ -5,7 +5,7 @@ import dataclasses
 import keras
 
 from spinenet_tf import specs
-from spinenet_tf.backbones.spinenet import ACTIVATIONS, regularizer_from_config
+from spinenet_tf.backbones.spinenet import ACTIVATIONS, regularizer_from_config, scale_permuted_pyramid
 from spinenet_tf.block_graph import resolve_block_graph
 from spinenet_tf.errors import ModelError
 from spinenet_tf.layers.conv_norm import ConvNormSettings, conv_norm
@@ -158,31 +158,15 @@ class SpineNetMobile(keras.Model):
             if node.is_stem:
                 built[node.index] = x = block(x, node, strides=2 ** (node.level - level))
                 level = node.level
-        for node in graph.used_nodes():
-            if node.is_stem:
-                continue
+
+        def resample(x, parent, node):
             filters = specs.mobile_block_filters(node.level, filter_size_scale)
-            parents = [
-                resample_depthwise(
-                    built[parent],
-                    graph.nodes[parent].level,
-                    node.level,
-                    filters,
-                    settings,
-                    f"{node.name}_from_{graph.nodes[parent].name}",
-                )
-                for parent in node.parents[:2]
-            ]
-            # Unconsumed blocks merged into an output block already have its width.
-            parents += [built[parent] for parent in node.parents[2:]]
-            x = keras.layers.Add(dtype=dtype, name=f"{node.name}_sum")(parents)
-            x = settings.activate(x, f"{node.name}_sum_act")
-            drop_rate = stochastic_depth_rate * node.spec_number / len(graph.block_specs)
-            built[node.index] = block(x, node, drop_rate=drop_rate)
-        features = {
-            f"P{level}": conv_norm(built[index], settings, endpoints_num_filters, 1, f"P{level}")
-            for level, index in graph.outputs.items()
-        }
+            name = f"{node.name}_from_{parent.name}"
+            return resample_depthwise(x, parent.level, node.level, filters, settings, name)
+
+        features = scale_permuted_pyramid(
+            graph, built, resample, block, settings, stochastic_depth_rate, endpoints_num_filters
+        )
         super().__init__(inputs=image, outputs=features, dtype=dtype, **kwargs)
 
         # === Config ===
