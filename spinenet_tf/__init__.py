@@ -27,6 +27,7 @@ _EXPORTS = {
     "build_classifier": "spinenet_tf.builders",
     "paste_masks": "spinenet_tf.masks",
     "build_detector": "spinenet_tf.builders",
+    "optimize_for_inference": "spinenet_tf.inference",
     "preset_names": "spinenet_tf.pretrained.presets",
     "profile": "spinenet_tf.profile",
 }

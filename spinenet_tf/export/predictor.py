@@ -19,6 +19,7 @@ from spinenet_tf.data.coco import COCO_CATEGORY_NAMES
 from spinenet_tf.export.saved_model import LABELS_FILE, latest_version_dir
 from spinenet_tf.export.serving import center_crop_uint8, letterbox_uint8
 from spinenet_tf.export.tflite import TFLiteDetector
+from spinenet_tf.inference import optimize_for_inference
 from spinenet_tf.layers.image_converter import CENTER_CROP_FRACTION, boxes_to_original
 from spinenet_tf.pretrained.presets import preset_model
 
@@ -97,7 +98,7 @@ class KerasPredictor:
     """A Keras task model (its `predict_on_batch` takes photos) with its class names."""
 
     def __init__(self, model, labels):
-        self.model, self.labels = model, labels
+        self.model, self.labels = optimize_for_inference(model), labels
         self.is_classifier = isinstance(model, ImageClassifier)
 
     def __call__(self, image):

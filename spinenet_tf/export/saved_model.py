@@ -12,6 +12,7 @@ import keras
 import tensorflow as tf
 
 from spinenet_tf.export.serving import TaskServing
+from spinenet_tf.inference import optimize_for_inference
 
 LABELS_FILE = os.path.join("assets.extra", "labels.json")
 
@@ -49,7 +50,8 @@ def export_saved_model(model, base_dir, version=None, labels=None):
     """Writes `base_dir/<version>/` (version: the next free one by default) and returns its path.
 
     `labels` ({class id: name}; a classifier's label i is class i) go to
-    `assets.extra/labels.json` for `spinenet predict`.
+    `assets.extra/labels.json` for `spinenet predict`. The graph is `optimize_for_inference`'s
+    copy of the model (batch norms folded, activations fused).
     The version is written aside and renamed into place, so TF Serving, which watches
     `base_dir`, never sees a half-written one.
     """
@@ -57,6 +59,7 @@ def export_saved_model(model, base_dir, version=None, labels=None):
     target = os.path.join(base_dir, str(version))
     if os.path.exists(target):
         raise FileExistsError(f"{target} exists; choose another version or remove it.")
+    model = optimize_for_inference(model)
     serving = TaskServing(model)
     archive = keras.export.ExportArchive()
     archive.track(model)

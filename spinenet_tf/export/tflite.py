@@ -37,8 +37,14 @@ from spinenet_tf.export.serving import (
     model_image_size,
     to_serving_outputs,
 )
+from spinenet_tf.inference import optimize_for_inference
 
 QUANTIZATIONS = ("none", "fp16", "dynamic", "int8")
+# LiteRT's default CPU delegate, XNNPACK, aborts the process ("double free or corruption") on
+# an int8 tensor of a near-empty range (scale ~0): a ReLU that stays at 0, or at one value,
+# on every calibration image, as the squeeze-excitation convs of SpineNet-Mobile's narrow
+# blocks do. int8 export leaves the ops giving a range narrower than this float.
+MIN_INT8_RANGE = 1e-3
 
 
 def _write_float_saved_model(model, directory):
@@ -62,6 +68,10 @@ def _raw_outputs(raw, answers):
     return {name: value for name, value in raw.items() if name not in answers}
 
 
+def _scopes_regex(names):
+    return "|".join(f"(?:^|;){re.escape(name)}(?:;|$)" for name in names)
+
+
 def _float_scopes_regex(float_tflite, float_layers):
     """A regex matching the ops that int8 leaves in float, by their output tensor names (the
     op's "scope" for ai_edge_quantizer, several outputs joined by ';'): the post-processing
@@ -76,12 +86,12 @@ def _float_scopes_regex(float_tflite, float_layers):
         for index in signature["outputs"].values()
     ]
     scopes = [f"(?:^|;){re.escape(POSTPROCESS_SCOPE)}/", rf"/(?:{'|'.join(float_layers)})_"]
-    scopes += [f"(?:^|;){re.escape(name)}(?:;|$)" for name in outputs]
-    return "|".join(scopes)
+    return "|".join([*scopes, _scopes_regex(outputs)])
 
 
 def export_tflite(model, path, quantize="none", representative_images=None):
-    """Converts `model` to a .tflite file at `path` and returns its size in bytes.
+    """Converts `model` (its `optimize_for_inference` copy) to a .tflite file at `path` and
+    returns its size in bytes.
 
     `representative_images`: an iterable of model-sized uint8 [S, S, 3] arrays as the .tflite
     takes them (letterboxed, or centre-cropped for a classifier), needed for int8.
@@ -97,7 +107,7 @@ def export_tflite(model, path, quantize="none", representative_images=None):
     if quantize == "int8" and representative_images is None:
         raise ModelError("int8 quantisation needs representative images (the training data's).")
     with tempfile.TemporaryDirectory() as directory:
-        _write_float_saved_model(model, directory)
+        _write_float_saved_model(optimize_for_inference(model), directory)
 
         def converter():
             return tf.lite.TFLiteConverter.from_saved_model(directory, signature_keys=["serving_default"])
@@ -157,12 +167,19 @@ def _quantize_int8(float_tflite, representative_images, float_layers):
             "algorithm_key": "no_quantize",
         },
     ]
-    quantization = quantizer.Quantizer(float_tflite, recipe)
-    calibration = quantization.calibrate(
+    calibration = quantizer.Quantizer(float_tflite, recipe).calibrate(
         {"serving_default": [{"images": image} for image in images]},
         num_threads=os.cpu_count() or 1,
         mode=CalibrationMode.CALIBRATION_PROFILER_BASED,
     )
+    narrow = [
+        name
+        for name, bounds in calibration.items()
+        if np.max(np.maximum(bounds["max"], 0)) - np.min(np.minimum(bounds["min"], 0)) < MIN_INT8_RANGE
+    ]
+    if narrow:
+        recipe.append({"regex": _scopes_regex(narrow), "operation": "*", "algorithm_key": "no_quantize"})
+    quantization = quantizer.Quantizer(float_tflite, recipe)
     result = quantization.quantize(calibration, enable_progress_bar=False, enable_progress_report=False)
     return bytes(result.quantized_model)
 
