@@ -56,6 +56,7 @@ bench: install
 	$(BIN)/python -m benchmarks.checkpoint_conversion $(if $(TPU_REPO),--tpu-repo $(TPU_REPO))
 	$(BIN)/python -m benchmarks.plot
 	$(BIN)/python -m benchmarks.export_formats --model-dir $(MODEL_DIR)
+	$(BIN)/python -m benchmarks.deployment_latency --model-dir $(MODEL_DIR)
 
 train: install
 	$(BIN)/spinenet train --config $(CONFIG) --model-dir $(MODEL_DIR)

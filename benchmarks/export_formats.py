@@ -46,6 +46,21 @@ class Subset:
         return dataset if self.count is None else dataset.take(self.count)
 
 
+def scored_export(model_dir, work, export_format, quantize, val, calibration_images, threads):
+    """(path, checkpoint, predictor, COCO metrics on `val`) of the run in `model_dir` exported
+    under `work` in one format."""
+    path, checkpoint = export_run(
+        model_dir,
+        os.path.join(work, "export"),
+        export_format,
+        quantize,
+        calibration_images=calibration_images,
+    )
+    predictor = load_predictor(path, threads)
+    config = load_config(os.path.join(model_dir, "config.yaml"))
+    return path, checkpoint, predictor, coco_metrics(predictor, val, config.data.val.annotations)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", default="runs/synthetic", help="a training run (make train)")
@@ -70,16 +85,10 @@ def main(argv=None):
     rows, results = [], {}
     with tempfile.TemporaryDirectory() as work:
         for name, export_format, quantize in [entry for entry in FORMATS if entry[0] in args.formats]:
-            path, checkpoint = export_run(
-                args.model_dir,
-                os.path.join(work, "export"),
-                export_format,
-                quantize,
-                calibration_images=args.calibration_images,
+            path, checkpoint, predictor, metrics = scored_export(
+                args.model_dir, work, export_format, quantize, val, args.calibration_images, args.threads
             )
-            predictor = load_predictor(path, args.threads)
             seconds = median_seconds(lambda p=predictor: p(sample), args.repeats, warmup=2)
-            metrics = coco_metrics(predictor, val, config.data.val.annotations)
             results[name] = metrics
             rows.append((name, artifact_bytes(path), seconds, metrics["AP"], metrics["AP50"]))
             print(
