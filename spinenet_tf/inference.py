@@ -16,7 +16,8 @@ on TensorFlow and JAX and exports to SavedModel and TFLite like the original:
   it: pointwise ops commute with nearest up-sampling, so the result is the same, for
   factor**2 fewer multiply-adds;
 - a conv shared between calls (RetinaNet's head: one conv per depth, a batch norm per
-  level) keeps its batch norms: folding them would copy its kernel once per level.
+  level) is left as it is, with its batch norms: folding them would copy its kernel once
+  per level.
 
 Nested functional models (a task's backbone) are rewritten too, and every model keeps its
 class, name and attributes, so a task's preprocessing and decoding, `predict` and the
@@ -144,7 +145,12 @@ def _plan(graph):
     units, absorbed = {}, set()
     for node in graph.nodes:
         layer = node.operation
-        if type(layer) not in FOLDABLE_LAYERS or not _is_linear(layer) or len(node.input_tensors) != 1:
+        if (
+            type(layer) not in FOLDABLE_LAYERS
+            or not _is_linear(layer)
+            or len(node.input_tensors) != 1
+            or graph.calls[id(layer)] > 1  # a rewrite per call would copy a shared kernel
+        ):
             continue
         unit = _Unit(node)
         reader = graph.sole_reader(unit.result)
@@ -152,7 +158,6 @@ def _plan(graph):
             reader is not None
             and isinstance(reader.operation, keras.layers.BatchNormalization)
             and reader.operation.axis in (-1, len(unit.result.shape) - 1)
-            and graph.calls[id(layer)] == 1
         ):
             unit.norm, unit.result = reader.operation, reader.outputs[0]
             absorbed.add(id(reader))
