@@ -109,11 +109,10 @@ def precision_accuracy(model_dir, threads):
     """{artifact: COCO metrics} of the `make train` run exported as each of OURS."""
     config = load_config(os.path.join(model_dir, "config.yaml"))
     val = Subset(make_source(config.data.val), None)
-    metrics = {}
+    metrics, model = {}, load_trained_model(model_dir)[0]
     with tempfile.TemporaryDirectory() as work:
         for name, (kind, quantize) in OURS.items():
             if kind.startswith("keras"):
-                model = load_trained_model(model_dir)[0]
                 predictor = our_predictor(model, kind, None, work, threads, None)
                 metrics[name] = coco_metrics(predictor, val, config.data.val.annotations)
             else:

@@ -108,7 +108,7 @@ class _Graph:
         return None
 
     def input_producer(self, node):
-        return self.producer.get(id(node.input_tensors[0])) if len(node.input_tensors) >= 1 else None
+        return self.producer.get(id(node.input_tensors[0]))
 
 
 class _Unit:
