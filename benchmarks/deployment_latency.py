@@ -8,8 +8,9 @@ Garden's SavedModel and TFLite exports of the same model, run by
 `benchmarks.model_garden_export` in the Model Garden virtualenv. Weights are random (the
 same init for every artifact of a side): latency does not depend on them.
 
-AP needs a trained model: each precision's AP is that of the `make train` model (runs/
-synthetic, at its own 256 px) exported the same way, on its whole val split.
+AP needs a trained model: each artifact's AP is that of the `make train` model (runs/
+synthetic, at its own 256 px) exported the same way, on its whole val split; Model Garden's
+exports of it get our weights in its checkpoint layout (`benchmarks.model_garden_accuracy`).
 
 Usage: python -m benchmarks.deployment_latency [--models 49 49S 49-Mobile] [--repeats 5]
            [--threads 2] [--model-dir runs/synthetic] [--no-model-garden] [--out BENCHMARKS.md]
@@ -25,6 +26,7 @@ import numpy as np
 
 from benchmarks.export_formats import Subset, scored_export
 from benchmarks.model_garden import Server, model_garden_python
+from benchmarks.model_garden_accuracy import model_garden_accuracy
 from benchmarks.report import BENCHMARKS_FILE, write_section
 from benchmarks.results import save_results
 from benchmarks.timing import alternating_medians, seconds
@@ -159,6 +161,25 @@ def time_model(name, args, photo, mg_python):
     return dict(zip(names, medians)), notes
 
 
+def equal_accuracy_verdicts(name, medians, ours, accuracy):
+    """For each Model Garden TFLite export timed: our fastest artifact of at least its AP, and
+    the ratio of their times (the issue's "at equal AP, ours must not be slower")."""
+    verdicts = []
+    for artifact in ("Model Garden TFLite fp32", "Model Garden TFLite int8"):
+        ap = accuracy.get(artifact, {}).get("AP")
+        if artifact not in medians or ap is None:
+            continue
+        eligible = [(median, mine) for mine, median in ours.items() if accuracy[mine]["AP"] >= ap]
+        if eligible:
+            median, mine = min(eligible)
+            verdicts.append(
+                f"SpineNet-{name}: against {artifact} (AP {ap:.3f}), our fastest artifact of at least "
+                f"its AP is {mine} (AP {accuracy[mine]['AP']:.3f}): {1e3 * median:.0f} vs "
+                f"{1e3 * medians[artifact]:.0f} ms, {median / medians[artifact]:.2f}x."
+            )
+    return verdicts
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
@@ -173,6 +194,8 @@ def main(argv=None):
     mg_python, mg_reason = (None, "--no-model-garden") if args.no_model_garden else model_garden_python()
 
     accuracy = precision_accuracy(args.model_dir, args.threads)
+    if mg_python is not None:
+        accuracy.update(model_garden_accuracy(args.model_dir, args.threads, mg_python))
     config = load_config(os.path.join(args.model_dir, "config.yaml"))
     val_photo = next(iter(make_source(config.data.val).dataset().map(decode)))["image"].numpy()
     # A photo of an odd size and shape, as a user's: the val photo scaled to 480 x 592.
@@ -200,10 +223,11 @@ def main(argv=None):
                 notes.append(f"{name}, {artifact}: not made ({reason}).")
         if model_notes.get("nms"):
             notes.append(f"{name}: Model Garden's post-processing: {model_notes['nms']}.")
+        ours = {artifact: median for artifact, median in medians.items() if artifact in OURS}
         eligible = [
             (median, artifact)
-            for artifact, median in medians.items()
-            if artifact in accuracy and 100 * (fp32 - accuracy[artifact]["AP"]) <= MAX_AP_DROP
+            for artifact, median in ours.items()
+            if 100 * (fp32 - accuracy[artifact]["AP"]) <= MAX_AP_DROP
         ]
         if reference and eligible:
             median, artifact = min(eligible)
@@ -212,6 +236,7 @@ def main(argv=None):
                 f"{artifact}, {median / reference:.2f}x Model Garden's SavedModel "
                 f"({1e3 * median:.0f} vs {1e3 * reference:.0f} ms)."
             )
+        verdicts += equal_accuracy_verdicts(name, medians, ours, accuracy)
     save_results("deployment_latency", vars(args), rows)
 
     table = [
@@ -246,15 +271,19 @@ machine's {os.cpu_count()} cores, LiteRT with {args.threads} threads and its def
 (the .tflite takes the letterboxed uint8 image, made on the host and timed). Models: RetinaNet
 with 91 classes, SpineNet-49 (head 4x256) and 49S (4x128) at 640 px, SpineNet-49-Mobile
 (separable head 4x48, swish) at 384 px; random weights. Ours go through
-`optimize_for_inference` (export and the Keras predictor use it). int8: int8 backbone,
-float head and post-processing, calibrated on {CALIBRATION_IMAGES} letterboxed training images.
+`optimize_for_inference` (export and the Keras predictor use it). int8: backbone and head in
+int8 but the head's prediction convs, float post-processing, calibrated on
+{CALIBRATION_IMAGES} letterboxed training images.
 Model Garden: {model_garden}.
 
 AP: of the `make train` model (`{args.model_dir}`: SpineNet-49 at filter scale 0.25, trained at
-256 px, so AP is measured at its own size) exported in the same precision, on all
-images of its val split. Model Garden's exports have no AP here: there is no trained Model Garden
-model of the synthetic set. Its float function is ours (the backbones' weights
-convert with outputs equal to 1e-6).
+256 px, so AP is measured at its own size) exported the same way, on all images of its val
+split (int8 calibrated on 100 training images, both sides). Model Garden's rows: its own
+exports of that model, our weights written into its checkpoint layout and restored by its
+RetinaNet task (its float model gives our raw outputs to 1e-6;
+`benchmarks.model_garden_accuracy`). Its SavedModel pads the letterboxed image with the mean
+colour where ours pads black (0.9 points); its TFLite post-processing keeps, by default, one
+class per box and scores above 0.1 (ours and its SavedModel: per class, above 0.05).
 
 Reading it: Model Garden's SavedModel spends nearly all its time in its post-processing
 (the v2 NMS with a pre-NMS top of 5000; its network alone runs at our speed, see "RetinaNet

@@ -114,8 +114,9 @@ def main(argv=None):
         )
         verdict = "within" if drop <= MAX_INT8_AP_DROP else "NOT within"
         int8 = (
-            f" int8 (int8 backbone, float head and post-processing) calibrates on {args.calibration_images}"
-            f" training images; its larger drop of AP and AP50 under {reference} is {drop:.1f} points,"
+            " int8 (int8 but the head's prediction convs and post-processing) calibrates on"
+            f" {args.calibration_images} training images; its larger drop of AP and AP50 under"
+            f" {reference} is {drop:.1f} points,"
             f" {verdict} the {MAX_INT8_AP_DROP:.0f}-point bar."
         )
     height, width = sample.shape[:2]

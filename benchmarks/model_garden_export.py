@@ -4,7 +4,11 @@ artifacts timed and run on request, to set beside our own exports.
 A `model_garden.Server`: runs inside the Model Garden virtualenv (tf-models-official,
 TensorFlow 2.20, tf_keras), not the project's. It builds the model of
 `model_garden_inference` (49, 49S) or `model_garden_mobile` (49-Mobile, 49S-Mobile), randomly
-initialised, and exports it with Model Garden's own tools: `DetectionModule` through
+initialised, or (`--arch`) the SpineNet RetinaNet of an architecture given as JSON (`ARCH_KEYS`,
+what `model_garden_accuracy` sends for a trained model of ours); `--template PATH` writes that
+model's checkpoint as Model Garden's trainer lays it out and exits, `--checkpoint PATH` restores
+one (ours, written in that layout) as a Model Garden user does (`RetinaNetTask.initialize`).
+It exports the model with Model Garden's own tools: `DetectionModule` through
 `export_saved_model_lib.export_inference_graph` (uint8 images of any size in; resize, pad,
 model and its default `v2` NMS inside), and the `tflite` input type through
 `export_tflite_lib.convert_tflite_model` (a normalised, resized, padded float image in; its
@@ -12,8 +16,11 @@ NMS as TFLite's `TFLite_Detection_PostProcess` op, what `nms_version="tflite"` i
 conversion that fails is answered with its reason. Then it answers one JSON line per line
 read: "load IMAGE.npy" (a uint8 [H, W, 3] image), "time FORMAT" (seconds of one call on it,
 host-side preprocessing included), "detect FORMAT" (its detections in the image's pixels),
-"artifacts" (sizes and errors) and "params" (trainable parameters); FORMAT is one of
-saved_model, tflite_fp32, tflite_int8.
+"artifacts" (sizes and errors), "params" (trainable parameters) and "raw IN.npy OUT.npz" (the
+float model's raw outputs on a normalised [1, size, size, 3] input, written as "class_logits"
+[1, N, classes] and "box_deltas" [1, N, 4], anchors level by level, row-major, then per
+location); FORMAT is one of saved_model, tflite_fp32, tflite_int8. int8 calibrates on the
+first `--calibration-images` .npy images of `--calibration` (default: random images).
 
 Usage (from the repository root): printf 'artifacts\nload image.npy\ntime saved_model\n' |
     .bench-venvs/model-garden/bin/python -m benchmarks.model_garden_export --model 49S --work /tmp/mgx
@@ -30,11 +37,14 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 from official.core import config_definitions
+from official.vision.configs import backbones, common, decoders
 from official.vision.configs import retinanet as retinanet_config
-from official.vision.modeling import retinanet_model
+from official.vision.modeling import factory, retinanet_model
+from official.vision.modeling.backbones import spinenet
 from official.vision.modeling.layers import detection_generator
 from official.vision.ops import preprocess_ops
 from official.vision.serving import detection, export_saved_model_lib, export_tflite_lib
+from official.vision.tasks import retinanet as retinanet_task
 
 from benchmarks import model_garden_inference, model_garden_mobile
 from benchmarks.timing import seconds
@@ -43,20 +53,88 @@ MODELS = ("49", "49S", "49-Mobile", "49S-Mobile")
 # Artifact -> Model Garden's quantization type (None: float, no quantization).
 QUANT_TYPES = {"tflite_fp32": None, "tflite_int8": "int8_fallback"}
 CALIBRATION_IMAGES = 4
+# The --arch JSON: SpineNet's scaling (Model Garden takes it from its SCALING_MAP, under
+# ARCH_MODEL_ID here), then the detector's; one activation and batch norm for both, as
+# Model Garden's `norm_activation`.
+SCALING_KEYS = ("endpoints_num_filters", "filter_size_scale", "resample_alpha", "block_repeats")
+ARCH_KEYS = SCALING_KEYS + (
+    "num_classes", "min_level", "max_level", "num_convs", "num_filters", "num_scales",
+    "aspect_ratios", "anchor_size", "activation", "norm_momentum", "norm_epsilon",
+)  # fmt: skip
+ARCH_MODEL_ID = "from_arch"
 
 
-def build(name, size):
-    """The model of `model_garden_inference` (49, 49S) or `model_garden_mobile` (the Mobile
-    ones), its weights made (randomly, seed 0)."""
+def from_architecture(arch, size):
+    """Model Garden's SpineNet RetinaNet (identity decoder) of `arch` ({ARCH_KEYS}), its other
+    settings Model Garden's defaults (detection generator, TFLite post-processing)."""
+    spinenet.SCALING_MAP[ARCH_MODEL_ID] = {key: arch[key] for key in SCALING_KEYS}
+    levels = {"min_level": arch["min_level"], "max_level": arch["max_level"]}
+    config = retinanet_config.RetinaNet(
+        num_classes=arch["num_classes"],
+        input_size=[size, size, 3],
+        backbone=backbones.Backbone(
+            type="spinenet", spinenet=backbones.SpineNet(model_id=ARCH_MODEL_ID, **levels)
+        ),
+        decoder=decoders.Decoder(type="identity", identity=decoders.Identity()),
+        anchor=retinanet_config.Anchor(
+            num_scales=arch["num_scales"],
+            aspect_ratios=arch["aspect_ratios"],
+            anchor_size=arch["anchor_size"],
+        ),
+        head=retinanet_config.RetinaNetHead(num_convs=arch["num_convs"], num_filters=arch["num_filters"]),
+        norm_activation=common.NormActivation(
+            activation=arch["activation"],
+            use_sync_bn=False,
+            norm_momentum=arch["norm_momentum"],
+            norm_epsilon=arch["norm_epsilon"],
+        ),
+        **levels,
+    )
+    return factory.build_retinanet(tf_keras.layers.InputSpec(shape=[None, size, size, 3]), config)
+
+
+def build(name, size, arch=None):
+    """The model of `arch` (`from_architecture`), else of `model_garden_inference` (49, 49S)
+    or `model_garden_mobile` (the Mobile ones), its weights made (randomly, seed 0)."""
     tf_keras.utils.set_random_seed(0)
-    if name.endswith("-Mobile"):
+    if arch is not None:
+        model = from_architecture(arch, size)
+    elif name.endswith("-Mobile"):
         model_id = name.removesuffix("-Mobile")
         model = model_garden_mobile.build(model_id, size, model_garden_mobile.ROWS[model_id][1])
     else:
         model = model_garden_inference.build(name, size)
-    features = model.backbone(tf.zeros([1, size, size, 3]), training=False)
-    model.head(model.decoder(features, training=False) if model.decoder else features, training=False)
+    raw_outputs(model, tf.zeros([1, size, size, 3]))  # the head makes its weights when called
     return model
+
+
+def raw_outputs(model, images):
+    """(class logits, box deltas) of the float model, each {level: [1, H, W, anchors * K]}:
+    backbone -> decoder -> head, as RetinaNetModel.call before decoding."""
+    features = model.backbone(images, training=False)
+    if model.decoder:
+        features = model.decoder(features, training=False)
+    return model.head(features, training=False)[:2]
+
+
+def flat_raw_outputs(model, images):
+    """`raw_outputs` as [1, N, K] arrays, levels in increasing order (our models' layout)."""
+
+    def flat(per_level, k):
+        return np.concatenate(
+            [np.asarray(per_level[key]).reshape(1, -1, k) for key in sorted(per_level, key=int)], 1
+        )
+
+    class_logits, box_deltas = raw_outputs(model, images)
+    return flat(class_logits, model.head.get_config()["num_classes"]), flat(box_deltas, 4)
+
+
+def restore(model, size, checkpoint):
+    """Restores `checkpoint` into `model` as Model Garden's RetinaNet task initialises a model
+    from `init_checkpoint` (all modules; every object of the model matched)."""
+    params = experiment(model, size).task
+    params.init_checkpoint = str(checkpoint)
+    retinanet_task.RetinaNetTask(params).initialize(model)
 
 
 def with_nms(model, nms_version):
@@ -119,11 +197,11 @@ class CalibrationTask:
         return tf.data.Dataset.from_tensor_slices(tf.concat(self.inputs, 0)).map(lambda x: (x, 0)).batch(1)
 
 
-def calibration_images(directory):
-    """Up to CALIBRATION_IMAGES uint8 images: the .npy files of `directory`, or random ones."""
+def calibration_images(directory, count=CALIBRATION_IMAGES):
+    """Up to `count` uint8 images: the first .npy files of `directory`, or random ones."""
     if directory:
-        return [np.load(path) for path in sorted(pathlib.Path(directory).glob("*.npy"))[:CALIBRATION_IMAGES]]
-    return list(np.random.default_rng(0).integers(0, 256, (CALIBRATION_IMAGES, 480, 640, 3), np.uint8))
+        return [np.load(path) for path in sorted(pathlib.Path(directory).glob("*.npy"))[:count]]
+    return list(np.random.default_rng(0).integers(0, 256, (count, 480, 640, 3), np.uint8))
 
 
 def megabytes(path):
@@ -197,9 +275,12 @@ def make_artifacts(model, size, work, threads, calibration):
     """{artifact: {"mb", "error", ...}} and {artifact: runner} of the exports that worked."""
     artifacts, runners = {}, {}
     start = time.perf_counter()
-    export(model, size, "image_tensor", work / "saved_model")
-    artifacts["saved_model"] = {"mb": megabytes(work / "saved_model"), "error": None}
-    runners["saved_model"] = SavedModelRunner(work / "saved_model")
+    try:
+        export(model, size, "image_tensor", work / "saved_model")
+        artifacts["saved_model"] = {"mb": megabytes(work / "saved_model"), "error": None}
+        runners["saved_model"] = SavedModelRunner(work / "saved_model")
+    except Exception as error:  # noqa: BLE001 - a failed export is a result to report
+        artifacts["saved_model"] = {"mb": None, "error": f"saved_model export: {one_line(error)}"}
     print(f"saved_model exported in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     try:
         params = export(with_nms(model, "tflite"), size, "tflite", work / "tflite_saved_model")
@@ -232,17 +313,32 @@ def make_artifacts(model, size, work, threads, calibration):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, choices=MODELS)
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", choices=MODELS)
+    which.add_argument("--arch", type=pathlib.Path, help="a JSON file of ARCH_KEYS: that architecture")
     parser.add_argument("--size", type=int, help="input size (default 384 for the Mobile ones, else 640)")
-    parser.add_argument("--work", required=True, type=pathlib.Path, help="a directory for the artifacts")
+    parser.add_argument("--template", help="write the model's checkpoint to this prefix and exit")
+    parser.add_argument("--checkpoint", help="restore this checkpoint (Model Garden's layout) first")
+    parser.add_argument("--work", type=pathlib.Path, help="a directory for the artifacts")
     parser.add_argument("--threads", type=int, default=2, help="TFLite interpreter threads")
     parser.add_argument("--calibration", help="a directory of uint8 .npy images for int8 calibration")
+    parser.add_argument("--calibration-images", type=int, default=CALIBRATION_IMAGES)
     args = parser.parse_args(argv)
-    size = args.size or (384 if args.model.endswith("-Mobile") else 640)
-    args.work.mkdir(parents=True, exist_ok=True)
+    if args.work is None and args.template is None:
+        parser.error("--work is required (unless --template)")
+    size = args.size or (384 if (args.model or "").endswith("-Mobile") else 640)
     start = time.perf_counter()
-    model = build(args.model, size)
-    calibration = calibration_images(args.calibration)
+    arch = json.loads(args.arch.read_text()) if args.arch else None
+    if arch is not None and set(ARCH_KEYS) - set(arch):
+        parser.error(f"--arch {args.arch}: no {sorted(set(ARCH_KEYS) - set(arch))}")
+    model = build(args.model, size, arch)
+    if args.template:
+        tf.train.Checkpoint(**model.checkpoint_items).write(args.template)
+        return
+    if args.checkpoint:
+        restore(model, size, args.checkpoint)
+    args.work.mkdir(parents=True, exist_ok=True)
+    calibration = calibration_images(args.calibration, args.calibration_images)
     artifacts, runners = make_artifacts(model, size, args.work, args.threads, calibration)
     print(f"artifacts built in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     image = None
@@ -259,6 +355,11 @@ def main(argv=None):
             answer = detections(runners[argument], image)
         elif request == "artifacts":
             answer = artifacts
+        elif request == "raw":
+            source, out = argument.split()
+            class_logits, box_deltas = flat_raw_outputs(model, tf.constant(np.load(source), tf.float32))
+            np.savez(out, class_logits=class_logits, box_deltas=box_deltas)
+            answer = {"ok": True}
         else:  # params
             answer = {"trainable_params": int(sum(np.prod(w.shape) for w in model.trainable_weights))}
         print(json.dumps(answer), flush=True)

@@ -186,6 +186,28 @@ def spread_detector(seed=0):
     return model
 
 
+def assert_same_detections(actual, expected, score_tolerance=1e-5):
+    """Two runtimes' detections of one image ({"boxes", "scores", "classes"}, real ones only)
+    are the same: equal scores in order, and each detection has its twin (class, box within
+    1e-3 px of the image scale) among those of a score within `score_tolerance` (float
+    differences between runtimes may swap near-ties)."""
+    count = len(expected["scores"])
+    assert len(actual["scores"]) == count > 1
+    np.testing.assert_allclose(actual["scores"], expected["scores"], rtol=0, atol=score_tolerance)
+    tolerance = 1e-3 * max(1.0, float(np.abs(expected["boxes"]).max()))
+    unmatched = set(range(count))
+    for box, score, label in zip(expected["boxes"], expected["scores"], expected["classes"]):
+        twins = [
+            j
+            for j in sorted(unmatched)
+            if actual["classes"][j] == label
+            and abs(actual["scores"][j] - score) <= score_tolerance
+            and np.abs(actual["boxes"][j] - box).max() <= tolerance
+        ]
+        assert twins, f"no twin of the detection {label} {score:.5f} {box}"
+        unmatched.remove(twins[0])
+
+
 def random_image(height, width, seed=0):
     """A uint8 image with rectangles on noise, so the network sees structure."""
     rng = np.random.default_rng(seed)

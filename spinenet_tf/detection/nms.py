@@ -2,7 +2,7 @@
 
 from keras import ops
 
-from spinenet_tf.detection.target_assignment import pairwise_iou
+from spinenet_tf.detection.target_assignment import box_area, pairwise_intersection
 
 
 def non_max_suppression(boxes, scores, iou_threshold, valid=None):
@@ -23,9 +23,8 @@ def non_max_suppression(boxes, scores, iou_threshold, valid=None):
     of the K sequential steps of visiting the candidates one by one.
     """
     num = boxes.shape[1]
-    iou = pairwise_iou(boxes, boxes)  # [B, K, K]
     later = ops.triu(ops.ones((num, num), dtype="bool"), k=1)  # [i, j] = j > i
-    suppresses = ops.cast((iou > iou_threshold) & later, "float32")  # i would suppress j
+    suppresses = ops.cast(_iou_above(boxes, iou_threshold) & later, "float32")  # i would suppress j
     valid = ops.ones_like(scores, dtype="bool") if valid is None else ops.cast(valid, "bool")
 
     def step(keep):
@@ -40,3 +39,13 @@ def non_max_suppression(boxes, scores, iou_threshold, valid=None):
 
     keep, _ = ops.while_loop(changed, iterate, (step(valid), valid), maximum_iterations=num + 1)
     return keep
+
+
+def _iou_above(boxes, threshold):
+    """[B, K, K] bool: IoU(i, j) > threshold, tested as intersection x (1 + threshold) >
+    threshold x (area i + area j), without the division (never true where the union is 0)."""
+    area = box_area(boxes)
+    intersection = pairwise_intersection(boxes, boxes)
+    return intersection * (1.0 + threshold) > threshold * (
+        ops.expand_dims(area, -1) + ops.expand_dims(area, -2)
+    )

@@ -55,8 +55,9 @@ class RetinaNet(Task, keras.Model):
     Garden's head of the Mobile SpineNet detectors (`SpineNetMobile`).
     """
 
-    # Layers that int8 TFLite export leaves in float (see export/tflite.py): the head.
-    int8_float_layers = ("class_net", "box_net", "class_logits", "box_deltas")
+    # Layers that int8 TFLite export leaves in float (see export/tflite.py): the head's
+    # prediction convs and the raw outputs.
+    int8_float_layers = ("class_net_predict", "box_net_predict", "class_logits", "box_deltas")
 
     def __init__(
         self,

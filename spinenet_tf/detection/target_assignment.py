@@ -20,8 +20,8 @@ def box_area(boxes):
     return ops.maximum(boxes[..., 2] - boxes[..., 0], 0.0) * ops.maximum(boxes[..., 3] - boxes[..., 1], 0.0)
 
 
-def pairwise_iou(boxes_a, boxes_b):
-    """IoU of [..., M, 4] and [..., N, 4] boxes -> [..., M, N].
+def pairwise_intersection(boxes_a, boxes_b):
+    """Intersection areas of [..., M, 4] and [..., N, 4] boxes -> [..., M, N].
 
     Coordinates are split first so that every intermediate is one [..., M, N] plane
     (not [..., M, N, 2] pairs): that matrix is the largest tensor of the loss.
@@ -30,7 +30,12 @@ def pairwise_iou(boxes_a, boxes_b):
     b = [ops.expand_dims(c, -2) for c in ops.unstack(boxes_b, 4, axis=-1)]
     height = ops.maximum(ops.minimum(a[2], b[2]) - ops.maximum(a[0], b[0]), 0.0)
     width = ops.maximum(ops.minimum(a[3], b[3]) - ops.maximum(a[1], b[1]), 0.0)
-    intersection = height * width
+    return height * width
+
+
+def pairwise_iou(boxes_a, boxes_b):
+    """IoU of [..., M, 4] and [..., N, 4] boxes -> [..., M, N]."""
+    intersection = pairwise_intersection(boxes_a, boxes_b)
     union = ops.expand_dims(box_area(boxes_a), -1) + ops.expand_dims(box_area(boxes_b), -2) - intersection
     return ops.where(union > 0.0, intersection / ops.maximum(union, 1e-12), 0.0)
 

@@ -32,7 +32,7 @@ def normalise_image(images):
     return (ops.cast(images, "float32") - np.array(MEAN_RGB, "float32")) / np.array(STDDEV_RGB, "float32")
 
 
-def _letterboxed_size(height, width, target_height, target_width):
+def letterboxed_size(height, width, target_height, target_width):
     """(resized height, width) of an image fitted into the target, aspect ratio kept.
 
     float32 arithmetic and round-half-to-even, the same whether the sizes are Python ints
@@ -74,20 +74,19 @@ def _sampling(source_size, resized_size, target_size, start=0, window=None):
 
 def _resample(images, rows, cols):
     """Bilinear resampling [B, H, W, C] -> [B, len(rows), len(cols), C] by `_sampling`'s tables,
-    zero where a table says outside."""
+    zero where a table says outside. Along columns first, then rows: tf.image.resize's order
+    of operations, so that both give the same float pixels."""
     rows_low, rows_high, row_weight, row_inside = rows
     cols_low, cols_high, col_weight, col_inside = cols
-    images = ops.cast(images, "float32")
-    top, bottom = ops.take(images, rows_low, axis=1), ops.take(images, rows_high, axis=1)
     col_weight = ops.reshape(col_weight, (1, 1, -1, 1))
-    top = (
-        ops.take(top, cols_low, axis=2)
-        + (ops.take(top, cols_high, axis=2) - ops.take(top, cols_low, axis=2)) * col_weight
-    )
-    bottom = (
-        ops.take(bottom, cols_low, axis=2)
-        + (ops.take(bottom, cols_high, axis=2) - ops.take(bottom, cols_low, axis=2)) * col_weight
-    )
+
+    def along_columns(row_pixels):
+        left = ops.cast(ops.take(row_pixels, cols_low, axis=2), "float32")
+        right = ops.cast(ops.take(row_pixels, cols_high, axis=2), "float32")
+        return left + (right - left) * col_weight
+
+    top = along_columns(ops.take(images, rows_low, axis=1))
+    bottom = along_columns(ops.take(images, rows_high, axis=1))
     resized = top + (bottom - top) * ops.reshape(row_weight, (1, -1, 1, 1))
     inside = ops.reshape(row_inside, (1, -1, 1, 1)) * ops.reshape(col_inside, (1, 1, -1, 1))
     return resized * inside
@@ -104,7 +103,7 @@ def letterbox(images, target_size, resize=True):
     height, width = shape[1], shape[2]
     target_height, target_width = target_size
     if resize:
-        resized_height, resized_width = _letterboxed_size(height, width, target_height, target_width)
+        resized_height, resized_width = letterboxed_size(height, width, target_height, target_width)
     else:
         resized_height, resized_width = height, width
     resized = _resample(
@@ -121,6 +120,18 @@ def letterbox(images, target_size, resize=True):
     return resized, scale
 
 
+def center_crop_window(height, width, crop_fraction):
+    """(top, left, side) of the centred square of `crop_fraction` x the shorter side (floored),
+    for Python int or tensor sizes."""
+    if isinstance(height, int) and isinstance(width, int):
+        crop = max(int(np.float32(crop_fraction) * np.float32(min(height, width))), 1)
+    else:
+        crop = ops.maximum(
+            ops.cast(crop_fraction * ops.cast(ops.minimum(height, width), "float32"), "int32"), 1
+        )
+    return (height - crop) // 2, (width - crop) // 2, crop
+
+
 def center_crop(images, target_size, crop_fraction):
     """Images [B, H, W, C] of one size -> float32 [B, *target_size, C] 0..255: the centred
     square of `crop_fraction` x the shorter side, resized bilinearly (the ImageNet evaluation
@@ -128,13 +139,7 @@ def center_crop(images, target_size, crop_fraction):
     """
     shape = ops.shape(images)
     height, width = shape[1], shape[2]
-    if isinstance(height, int) and isinstance(width, int):
-        crop = max(int(np.float32(crop_fraction) * np.float32(min(height, width))), 1)
-    else:
-        crop = ops.maximum(
-            ops.cast(crop_fraction * ops.cast(ops.minimum(height, width), "float32"), "int32"), 1
-        )
-    top, left = (height - crop) // 2, (width - crop) // 2
+    top, left, crop = center_crop_window(height, width, crop_fraction)
     return _resample(
         images,
         _sampling(height, target_size[0], target_size[0], top, crop),

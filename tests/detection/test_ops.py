@@ -10,7 +10,7 @@ from spinenet_tf.detection.anchors import AnchorSpec, generate_anchors
 from spinenet_tf.detection.box_coder import decode_boxes, encode_boxes
 from spinenet_tf.detection.losses import huber_loss, sigmoid_focal_loss
 from spinenet_tf.detection.nms import non_max_suppression
-from spinenet_tf.detection.postprocess import TOP_K_CHUNK, DetectionSpec, chunked_top_k, detect
+from spinenet_tf.detection.postprocess import TOP_K_CHUNK, DetectionSpec, chunked_top_k, detect, top_anchors
 from spinenet_tf.detection.target_assignment import assign_targets, pairwise_iou
 
 
@@ -155,6 +155,27 @@ def test_chunked_top_k_equals_top_k_on_long_rows():
     np.testing.assert_array_equal(top_values, expected_values)
     np.testing.assert_array_equal(top_index, expected_index)
     assert top_index[1, :5].tolist() == list(range(values.shape[1] - 5, values.shape[1]))
+
+
+def test_top_anchors_hold_every_one_of_the_best_anchor_class_pairs():
+    """The pre-NMS top k of all (anchor, class) pairs, background excluded, lies among the
+    anchors `top_anchors` keeps, the anchors of highest foreground score (a background score
+    above all others does not count)."""
+    rng = np.random.default_rng(0)
+    # Heavy tails: a few anchors hold many of the best pairs.
+    scores = rng.normal(0, 1, (2, 3000, 12)).astype("float32") ** 3
+    scores[:, :50, 0] = 100.0  # background
+    spec = DetectionSpec(pre_nms_top_k=200, background_class=0)
+    kept = np_(top_anchors(scores, spec))
+    assert kept.shape == (2, 200)
+    for b in range(2):
+        flat = scores[b, :, 1:].reshape(-1)
+        best_pairs = np.argsort(-flat, kind="stable")[:200]
+        assert set(best_pairs // 11) <= set(kept[b].tolist())
+        assert len(set(best_pairs // 11)) < 200  # some anchors hold several of the pairs
+        best_anchors = np.argsort(-scores[b, :, 1:].max(axis=1), kind="stable")[:200]
+        assert set(kept[b].tolist()) == set(best_anchors.tolist())  # by foreground score alone
+    assert top_anchors(scores[:, :200], spec) is None  # no more anchors than k: nothing to select
 
 
 def detect_case(nms, **spec):

@@ -6,9 +6,15 @@ import tensorflow as tf
 
 from spinenet_tf import ImageConverter, RetinaNet, SpineNet
 from spinenet_tf.errors import ModelError
+from spinenet_tf.export.serving import center_crop_uint8, letterbox_uint8
 from spinenet_tf.layers.image_converter import MEAN_RGB, STDDEV_RGB, boxes_to_original, center_crop, letterbox
 from tests.helpers import random_image, spread_detector
 from tests.test_case import run_serialization_test
+
+
+def to_uint8(image):
+    return np.clip(np.round(np.asarray(image)), 0, 255).astype(np.uint8)
+
 
 # Down- and up-scaling, both orientations, an exact fit and odd sizes.
 SIZES = [(300, 500), (77, 41), (128, 128), (640, 480), (33, 200), (128, 64)]
@@ -40,6 +46,10 @@ def test_letterbox_equals_tensorflow_resize_and_padding(height, width):
     dynamic, dynamic_scale = graph(image[None])
     np.testing.assert_allclose(dynamic.numpy()[0], expected, atol=1e-4)
     np.testing.assert_allclose(dynamic_scale.numpy(), expected_scale, rtol=1e-6)
+    # The host-side input of a .tflite (tf.image.resize, not gathers): the same pixels, rounded.
+    host, host_scale = letterbox_uint8(image, 128)
+    np.testing.assert_array_equal(host, to_uint8(boxed[0]))
+    np.testing.assert_array_equal(host_scale, scale.numpy())
 
 
 def test_boxes_map_back_to_each_photo_and_are_clipped_to_it():
@@ -140,3 +150,5 @@ def test_the_centre_crop_is_tf_image_crop_then_resize():
             input_signature=[tf.TensorSpec([1, None, None, 3], tf.uint8)],
         )
         np.testing.assert_allclose(traced(image).numpy(), expected, atol=1e-4)
+        host = center_crop_uint8(image[0], 64, 0.875)
+        np.testing.assert_array_equal(host, to_uint8(center_crop(image, (64, 64), 0.875)[0]))
