@@ -272,7 +272,7 @@ machine's {os.cpu_count()} cores, LiteRT with {args.threads} threads and its def
 with 91 classes, SpineNet-49 (head 4x256) and 49S (4x128) at 640 px, SpineNet-49-Mobile
 (separable head 4x48, swish) at 384 px; random weights. Ours go through
 `optimize_for_inference` (export and the Keras predictor use it). int8: backbone and head in
-int8 but the head's prediction convs, float post-processing, calibrated on
+int8, the head's prediction convs in dynamic-range int8, float post-processing, calibrated on
 {CALIBRATION_IMAGES} letterboxed training images.
 Model Garden: {model_garden}.
 

@@ -114,7 +114,7 @@ def main(argv=None):
         )
         verdict = "within" if drop <= MAX_INT8_AP_DROP else "NOT within"
         int8 = (
-            " int8 (int8 but the head's prediction convs and post-processing) calibrates on"
+            " int8 (dynamic range in the head's prediction convs, float post-processing) calibrates on"
             f" {args.calibration_images} training images; its larger drop of AP and AP50 under"
             f" {reference} is {drop:.1f} points,"
             f" {verdict} the {MAX_INT8_AP_DROP:.0f}-point bar."

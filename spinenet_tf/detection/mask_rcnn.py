@@ -20,7 +20,7 @@ from spinenet_tf.detection.box_coder import clip_boxes, decode_boxes, encode_box
 from spinenet_tf.detection.decoders import check_decoder, decode_pyramid
 from spinenet_tf.detection.head import rpn_head
 from spinenet_tf.detection.losses import huber_loss, sigmoid_cross_entropy
-from spinenet_tf.detection.postprocess import DetectionSpec, select_detections
+from spinenet_tf.detection.postprocess import DetectionSpec, gather_rows, select_detections
 from spinenet_tf.detection.proposals import ProposalSpec, generate_proposals
 from spinenet_tf.detection.rcnn_heads import box_head, mask_head
 from spinenet_tf.detection.roi_align import crop_mask_targets, multilevel_roi_align
@@ -55,14 +55,6 @@ def _check_labels(labels, include_mask):
                 f"labels['masks'] must have shape [batch, {boxes.shape[1]}, size, size] (each mask cropped "
                 f"to its box), got {tuple(masks.shape)}."
             )
-
-
-def _gather(values, index):
-    """values [B, N, ...] at index [B, K] -> [B, K, ...]."""
-    index = ops.cast(index, "int32")
-    while len(index.shape) < len(values.shape):
-        index = ops.expand_dims(index, -1)
-    return ops.take_along_axis(values, index, axis=1)
 
 
 @dataclasses.dataclass
@@ -409,11 +401,11 @@ class MaskRCNN(Task, keras.Model):
             self.seed_generator,
         )
         return RoiLabels(
-            _gather(candidates, index),
+            gather_rows(candidates, index),
             sampled,
-            _gather(labels.positive, index) & sampled,
-            _gather(labels.matched, index),
-            ops.where(sampled, _gather(labels.classes, index), 0),
+            gather_rows(labels.positive, index) & sampled,
+            gather_rows(labels.matched, index),
+            ops.where(sampled, gather_rows(labels.classes, index), 0),
         )
 
     def _rpn_outputs(self, logits, deltas, anchors, gt_boxes, gt_classes):
@@ -427,11 +419,11 @@ class MaskRCNN(Task, keras.Model):
             positive, negative, self.rpn_samples, self.rpn_positive_fraction, self.seed_generator
         )
         return {
-            "logits": _gather(ops.concatenate(logits, axis=1), index),
+            "logits": gather_rows(ops.concatenate(logits, axis=1), index),
             "labels": ops.cast(is_positive, "float32"),
             "weights": ops.cast(valid, "float32"),
-            "deltas": _gather(ops.concatenate(deltas, axis=1), index),
-            "targets": _gather(box_targets, index),
+            "deltas": gather_rows(ops.concatenate(deltas, axis=1), index),
+            "targets": gather_rows(box_targets, index),
         }
 
     def _training_outputs(self, features, logits, deltas, anchors, image_size, labels, training):
@@ -465,7 +457,7 @@ class MaskRCNN(Task, keras.Model):
             box_deltas = ops.reshape(box_deltas, (ops.shape(box_deltas)[0], box_deltas.shape[1], -1, 4))
             own_class = ops.reshape(rois.classes, (-1, rois.classes.shape[1], 1, 1))
             box_deltas = ops.squeeze(ops.take_along_axis(box_deltas, own_class, axis=2), 2)
-        matched_boxes = _gather(gt_boxes, rois.matched)
+        matched_boxes = gather_rows(gt_boxes, rois.matched)
         return {
             "class_logits": class_logits,
             "class_targets": rois.classes,
@@ -480,13 +472,13 @@ class MaskRCNN(Task, keras.Model):
         count = min(self.mask_samples, rois.rois.shape[1])
         order_bias = ops.arange(rois.rois.shape[1], dtype="float32") / (2.0 * rois.rois.shape[1])
         _, index = ops.top_k(ops.cast(rois.positive, "float32") - order_bias, count)
-        mask_rois, matched = _gather(rois.rois, index), _gather(rois.matched, index)
-        logits = self._mask_logits(features, mask_rois, _gather(rois.classes, index), training)
+        mask_rois, matched = gather_rows(rois.rois, index), gather_rows(rois.matched, index)
+        logits = self._mask_logits(features, mask_rois, gather_rows(rois.classes, index), training)
         targets = crop_mask_targets(gt_masks, gt_boxes, mask_rois, matched, 2 * self.mask_roi_size)
         return {
             "logits": logits,
             "targets": ops.cast(targets >= 0.5, "float32"),
-            "weights": ops.cast(_gather(rois.positive, index), "float32"),
+            "weights": ops.cast(gather_rows(rois.positive, index), "float32"),
         }
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):

@@ -1,5 +1,6 @@
 """Batched greedy non-maximum suppression in keras.ops (every backend, fixed shapes)."""
 
+import numpy as np
 from keras import ops
 
 from spinenet_tf.detection.target_assignment import box_area, pairwise_intersection
@@ -23,7 +24,7 @@ def non_max_suppression(boxes, scores, iou_threshold, valid=None):
     of the K sequential steps of visiting the candidates one by one.
     """
     num = boxes.shape[1]
-    later = ops.triu(ops.ones((num, num), dtype="bool"), k=1)  # [i, j] = j > i
+    later = np.triu(np.ones((num, num), bool), k=1)  # [i, j] = j > i; a constant, not ops at run time
     suppresses = ops.cast(_iou_above(boxes, iou_threshold) & later, "float32")  # i would suppress j
     valid = ops.ones_like(scores, dtype="bool") if valid is None else ops.cast(valid, "bool")
 

@@ -81,8 +81,7 @@ def detect(class_logits, box_deltas, anchors, image_size, spec=DetectionSpec()):
     if index is None:
         anchors = ops.expand_dims(anchors, 0)
     else:
-        logits = ops.take_along_axis(logits, ops.expand_dims(index, -1), axis=1)
-        deltas = ops.take_along_axis(deltas, ops.expand_dims(index, -1), axis=1)
+        logits, deltas = gather_rows(logits, index), gather_rows(deltas, index)
         anchors = ops.take(anchors, index, axis=0)
     return select_detections(ops.sigmoid(logits), decode_boxes(deltas, anchors), image_size, spec)
 
@@ -105,6 +104,23 @@ def top_anchors(scores, spec):
     return chunked_top_k(ops.max(scores, axis=-1), spec.pre_nms_top_k)[1]
 
 
+def gather_rows(values, index):
+    """values [B, N, ...] at index [B, K] -> [B, K, ...], as one gather of the flattened rows:
+    TensorFlow's ops.take_along_axis on axis 1 transposes all of `values` first (for the
+    class logits, every anchor's), which costs more than the rest of the post-processing."""
+    batch, num = ops.shape(values)[:2]
+    offsets = ops.expand_dims(ops.arange(batch, dtype="int32") * num, -1)
+    rows = ops.reshape(values, (-1, *values.shape[2:]))
+    return ops.take(rows, ops.cast(index, "int32") + offsets, axis=0)
+
+
+def _without_class(values, class_id):
+    """values [B, N, C, ...] without class `class_id`, by slices (a gather along classes is
+    slow in TFLite)."""
+    parts = [part for part in (values[:, :, :class_id], values[:, :, class_id + 1 :]) if part.shape[2]]
+    return parts[0] if len(parts) == 1 else ops.concatenate(parts, axis=2)
+
+
 def select_detections(scores, boxes, image_size, spec=DetectionSpec()):
     """Final detections of a batch from per-class scores and decoded boxes.
 
@@ -121,17 +137,15 @@ def select_detections(scores, boxes, image_size, spec=DetectionSpec()):
     per_class_boxes = len(boxes.shape) == 4
     index = top_anchors(scores, spec)
     if index is not None:
-        scores = ops.take_along_axis(scores, ops.expand_dims(index, -1), axis=1)
-        boxes = ops.take_along_axis(
-            boxes, ops.reshape(index, (-1, index.shape[1]) + (1,) * (len(boxes.shape) - 2)), axis=1
-        )
+        scores, boxes = gather_rows(scores, index), gather_rows(boxes, index)
     class_ids = ops.arange(num_classes, dtype="int32")
     if spec.background_class is not None:
-        foreground = [c for c in range(num_classes) if c != spec.background_class]
-        scores = ops.take(scores, foreground, axis=-1)
+        scores = _without_class(scores, spec.background_class)
         if per_class_boxes:
-            boxes = ops.take(boxes, foreground, axis=2)
-        class_ids = ops.convert_to_tensor(foreground, dtype="int32")
+            boxes = _without_class(boxes, spec.background_class)
+        class_ids = ops.convert_to_tensor(
+            [c for c in range(num_classes) if c != spec.background_class], dtype="int32"
+        )
     boxes = clip_boxes(boxes, image_size)
     limit = ops.cast(ops.maximum(image_size[0], image_size[1]), "float32")
 
@@ -149,7 +163,7 @@ def select_detections(scores, boxes, image_size, spec=DetectionSpec()):
         top_k = min(spec.pre_nms_top_k, candidate_scores.shape[1])
         top_scores, top_index = chunked_top_k(candidate_scores, top_k)
         top_classes = ops.take_along_axis(candidate_classes, top_index, axis=1)
-        top_boxes = ops.take_along_axis(boxes, ops.expand_dims(top_index, -1), axis=1)
+        top_boxes = gather_rows(boxes, top_index)
         nms_boxes = top_boxes
     else:
         flat = ops.reshape(scores, (-1, scores.shape[1] * foreground_classes))
@@ -158,10 +172,9 @@ def select_detections(scores, boxes, image_size, spec=DetectionSpec()):
         top_classes = ops.take(class_ids, top_index % foreground_classes)
         if per_class_boxes:
             flat_boxes = ops.reshape(boxes, (-1, boxes.shape[1] * foreground_classes, 4))
-            top_boxes = ops.take_along_axis(flat_boxes, ops.expand_dims(top_index, -1), axis=1)
+            top_boxes = gather_rows(flat_boxes, top_index)
         else:
-            anchor_index = top_index // foreground_classes
-            top_boxes = ops.take_along_axis(boxes, ops.expand_dims(anchor_index, -1), axis=1)
+            top_boxes = gather_rows(boxes, top_index // foreground_classes)
         # Shift each class to its own region of the plane so that NMS never compares
         # boxes of different classes.
         offset = ops.cast(ops.expand_dims(top_classes, -1), "float32") * (limit + 1.0)
@@ -174,7 +187,7 @@ def select_detections(scores, boxes, image_size, spec=DetectionSpec()):
     max_detections = min(spec.max_detections, top_k)
     final_scores, order = ops.top_k(kept_scores, max_detections)
     found = final_scores > 0.0
-    final_boxes = ops.take_along_axis(top_boxes, ops.expand_dims(order, -1), axis=1)
+    final_boxes = gather_rows(top_boxes, order)
     final_classes = ops.take_along_axis(top_classes, order, axis=1)
     detections = {
         "boxes": ops.where(ops.expand_dims(found, -1), final_boxes, 0.0),

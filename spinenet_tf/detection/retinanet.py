@@ -55,9 +55,10 @@ class RetinaNet(Task, keras.Model):
     Garden's head of the Mobile SpineNet detectors (`SpineNetMobile`).
     """
 
-    # Layers that int8 TFLite export leaves in float (see export/tflite.py): the head's
-    # prediction convs and the raw outputs.
-    int8_float_layers = ("class_net_predict", "box_net_predict", "class_logits", "box_deltas")
+    # Layers that int8 TFLite export leaves in float, and those it quantises with dynamic
+    # range (see export/tflite.py): the raw outputs; the head's prediction convs.
+    int8_float_layers = ("class_logits", "box_deltas")
+    int8_dynamic_layers = ("class_net_predict", "box_net_predict")
 
     def __init__(
         self,

@@ -14,9 +14,11 @@ Quantisation modes:
 - `int8`: the float model quantised to int8 weights and activations, calibrated on
   representative images, by `ai_edge_quantizer` on the float .tflite, but for the layers the
   model names in `int8_float_layers` and the post-processing (box decoding and NMS, softmax
-  and top-k), which stay float. RetinaNet keeps the prediction convs of its head (and the
-  raw outputs) float: quantising them costs 2.6 COCO AP points on the synthetic benchmark
-  (the class predictions most), the rest of the head nothing; and a quantised IoU division
+  and top-k), which stay float, and those in `int8_dynamic_layers`: int8 weights, activations
+  quantised per call from their own range (dynamic range). RetinaNet's head prediction convs
+  are dynamic: calibrated int8 there cost 2.6 COCO AP points on the synthetic benchmark (the
+  class predictions most), dynamic nothing, and float took a third of SpineNet-49's time at
+  640 px (the 91-class prediction conv is the model's largest); a quantised IoU division
   fails on empty boxes. An ImageClassifier keeps its dense logits float (a sliver of its compute).
   The TF converter's int8 mode cannot do this: it puts int8 quantize/dequantize pairs
   between ops it was told to leave float.
@@ -86,8 +88,13 @@ def _float_scopes_regex(float_tflite, float_layers):
         for signature in interpreter._get_full_signature_list().values()
         for index in signature["outputs"].values()
     ]
-    scopes = [f"(?:^|;){re.escape(POSTPROCESS_SCOPE)}/", rf"/(?:{'|'.join(float_layers)})_"]
+    scopes = [f"(?:^|;){re.escape(POSTPROCESS_SCOPE)}/", _layers_regex(float_layers)]
     return "|".join([*scopes, _scopes_regex(outputs)])
+
+
+def _layers_regex(layers):
+    """A regex matching the ops of the named Keras layers (their tensors' "/name_" part)."""
+    return rf"/(?:{'|'.join(layers)})_"
 
 
 def export_tflite(model, path, quantize="none", representative_images=None):
@@ -116,7 +123,10 @@ def export_tflite(model, path, quantize="none", representative_images=None):
         if quantize == "none":
             content = converter().convert()
         elif quantize == "int8":
-            content = _quantize_int8(converter().convert(), representative_images, float_layers)
+            dynamic_layers = getattr(model, "int8_dynamic_layers", ())
+            content = _quantize_int8(
+                converter().convert(), representative_images, float_layers, dynamic_layers
+            )
         elif quantize in ("fp16", "dynamic"):
             conversion = converter()
             conversion.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -131,8 +141,9 @@ def export_tflite(model, path, quantize="none", representative_images=None):
     return len(content)
 
 
-def _quantize_int8(float_tflite, representative_images, float_layers):
-    """Static int8 quantisation of a float .tflite but for the ops of `_float_scopes_regex`.
+def _quantize_int8(float_tflite, representative_images, float_layers, dynamic_layers):
+    """Static int8 quantisation of a float .tflite but for the ops of `_float_scopes_regex`
+    and the dynamic-range int8 of `dynamic_layers`.
 
     Weights: int8 symmetric per output channel; activations: int8 asymmetric per tensor,
     ranges the min/max over the representative images (collected by the interpreter's
@@ -160,6 +171,7 @@ def _quantize_int8(float_tflite, representative_images, float_layers):
         "compute_precision": "INTEGER",
         "explicit_dequantize": False,
     }
+    dynamic = {key: value for key, value in int8.items() if key != "activation_tensor_config"}
     recipe = [  # the last rule matching an op wins
         {"regex": ".*", "operation": "*", "algorithm_key": "min_max_uniform_quantize", "op_config": int8},
         {
@@ -168,6 +180,15 @@ def _quantize_int8(float_tflite, representative_images, float_layers):
             "algorithm_key": "no_quantize",
         },
     ]
+    if dynamic_layers:
+        recipe.append(
+            {
+                "regex": _layers_regex(dynamic_layers),
+                "operation": "*",
+                "algorithm_key": "min_max_uniform_quantize",
+                "op_config": dynamic,
+            }
+        )
     calibration = quantizer.Quantizer(float_tflite, recipe).calibrate(
         {"serving_default": [{"images": image} for image in images]},
         num_threads=os.cpu_count() or 1,
