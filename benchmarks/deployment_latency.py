@@ -35,6 +35,7 @@ from spinenet_tf.data.pipeline import decode, make_source
 from spinenet_tf.export import export_saved_model, export_tflite, load_predictor
 from spinenet_tf.export.predictor import KerasPredictor, coco_metrics
 from spinenet_tf.export.serving import letterbox_uint8
+from spinenet_tf.inference import mixed_bfloat16_copy
 from spinenet_tf.published import detector_config, mobile_config
 from spinenet_tf.training.config import load_config
 from spinenet_tf.training.trainer import load_trained_model
@@ -44,12 +45,13 @@ MODELS = {
     "49S": (lambda: detector_config("49S"), 640),
     "49-Mobile": (lambda: mobile_config("49"), 384),
 }
-# Our artifacts: name -> (kind, TFLite quantisation). "keras" runs the Keras model's
+# Our artifacts: name -> (kind, quantisation). "keras" runs the Keras model's
 # predict_on_batch (its `optimize_for_inference` copy), "keras-bf16" the same under mixed_bfloat16.
 OURS = {
     "Keras fp32": ("keras", None),
     "Keras mixed_bfloat16": ("keras-bf16", None),
     "SavedModel fp32": ("saved_model", None),
+    "SavedModel bf16": ("saved_model", "bf16"),
     "TFLite fp32": ("tflite", "none"),
     "TFLite fp16": ("tflite", "fp16"),
     "TFLite int8": ("tflite", "int8"),
@@ -64,30 +66,6 @@ MAX_AP_DROP = 0.5  # points of AP under fp32 that a fast artifact may lose (the 
 CALIBRATION_IMAGES = 8
 
 
-def bfloat16_copy(model):
-    """The model rebuilt with mixed_bfloat16 compute (bfloat16 convs, float32 variables): its
-    serialised float32 policies dropped, so that every layer takes the global one."""
-
-    def without_float32(value):
-        if isinstance(value, dict):
-            if value.get("class_name") == "DTypePolicy" and value["config"]["name"] == "float32":
-                return None
-            return {key: without_float32(item) for key, item in value.items()}
-        if isinstance(value, list):
-            return [without_float32(item) for item in value]
-        return value
-
-    serialized = without_float32(keras.saving.serialize_keras_object(model))
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("mixed_bfloat16")
-    try:
-        copy = keras.saving.deserialize_keras_object(serialized)
-    finally:
-        keras.config.set_dtype_policy(previous)
-    copy.set_weights(model.get_weights())
-    return copy
-
-
 def calibration_images(config, size, count):
     """The first `count` training images letterboxed to `size`, as the .tflite takes them."""
     dataset = make_source(config.data.train).dataset().map(decode)
@@ -99,9 +77,12 @@ def our_predictor(model, kind, quantize, work, threads, calibration):
     if kind == "keras":
         return KerasPredictor(model, {})
     if kind == "keras-bf16":
-        return KerasPredictor(bfloat16_copy(model), {})
+        return KerasPredictor(mixed_bfloat16_copy(model), {})
     if kind == "saved_model":
-        return load_predictor(export_saved_model(model, os.path.join(work, "saved_model")), threads)
+        path = export_saved_model(
+            model, os.path.join(work, f"saved_model_{quantize}"), quantize=quantize or "none"
+        )
+        return load_predictor(path, threads)
     path = os.path.join(work, f"model_{quantize}.tflite")
     export_tflite(model, path, quantize, calibration if quantize == "int8" else None)
     return load_predictor(path, threads)

@@ -352,9 +352,10 @@ def build_parser():
     export.add_argument("--format", choices=["saved_model", "tflite"], default="saved_model")
     export.add_argument(
         "--quantize",
-        choices=["none", "fp16", "dynamic", "int8"],
+        choices=["none", "fp16", "dynamic", "int8", "bf16"],
         default="none",
-        help="TFLite quantisation (int8 calibrates on the training images)",
+        help="TFLite: fp16, dynamic or int8 (calibrated on the training images); SavedModel: bf16 "
+        "(bfloat16 compute, float32 weights)",
     )
     export.add_argument("--config", help="experiment name or YAML (default: the run's config.yaml)")
     export.add_argument("--version", type=int, help="SavedModel version (default: the next free one)")

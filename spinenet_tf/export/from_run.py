@@ -9,9 +9,9 @@ import tensorflow as tf
 from spinenet_tf.data.coco import category_names
 from spinenet_tf.errors import ModelError
 from spinenet_tf.export.predictor import TFLITE_LABELS_FILE, preset_labels
-from spinenet_tf.export.saved_model import export_saved_model, write_labels
+from spinenet_tf.export.saved_model import SAVED_MODEL_QUANTIZATIONS, export_saved_model, write_labels
 from spinenet_tf.export.serving import center_crop_uint8, letterbox_uint8, model_image_size
-from spinenet_tf.export.tflite import export_tflite
+from spinenet_tf.export.tflite import QUANTIZATIONS, export_tflite
 
 FORMATS = ("saved_model", "tflite")
 
@@ -107,13 +107,14 @@ def export_preset(name, out, export_format="saved_model", quantize="none", versi
 def _check_format(export_format, quantize):
     if export_format not in FORMATS:
         raise ModelError(f"format must be one of {FORMATS}, got {export_format!r}.")
-    if export_format == "saved_model" and quantize != "none":
-        raise ModelError("SavedModel export is float32; --quantize applies to --format tflite.")
+    allowed = SAVED_MODEL_QUANTIZATIONS if export_format == "saved_model" else QUANTIZATIONS
+    if quantize not in allowed:
+        raise ModelError(f"--format {export_format} takes --quantize {' or '.join(allowed)}, not {quantize}.")
 
 
 def _export(model, out, export_format, quantize, version, labels, calibration=None):
     if export_format == "saved_model":
-        return export_saved_model(model, out, version, labels)
+        return export_saved_model(model, out, version, labels, quantize)
     path = os.path.join(out, tflite_file_name(quantize))
     export_tflite(model, path, quantize, calibration)
     crop_fraction = model.image_converter.crop_fraction  # a classifier's host-side crop, for predict

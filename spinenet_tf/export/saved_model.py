@@ -11,10 +11,12 @@ import shutil
 import keras
 import tensorflow as tf
 
+from spinenet_tf.errors import ModelError
 from spinenet_tf.export.serving import TaskServing
-from spinenet_tf.inference import optimize_for_inference
+from spinenet_tf.inference import mixed_bfloat16_copy, optimize_for_inference
 
 LABELS_FILE = os.path.join("assets.extra", "labels.json")
+SAVED_MODEL_QUANTIZATIONS = ("none", "bf16")
 
 
 def next_version(base_dir):
@@ -46,8 +48,11 @@ def write_labels(path, labels, image_size, crop_fraction=None):
         json.dump(contents, f, indent=1)
 
 
-def export_saved_model(model, base_dir, version=None, labels=None):
+def export_saved_model(model, base_dir, version=None, labels=None, quantize="none"):
     """Writes `base_dir/<version>/` (version: the next free one by default) and returns its path.
+
+    `quantize`: "none" (float32) or "bf16" (`mixed_bfloat16_copy`: bfloat16 convs, float32
+    weights and answers).
 
     `labels` ({class id: name}; a classifier's label i is class i) go to
     `assets.extra/labels.json` for `spinenet predict`. The graph is `optimize_for_inference`'s
@@ -55,11 +60,13 @@ def export_saved_model(model, base_dir, version=None, labels=None):
     The version is written aside and renamed into place, so TF Serving, which watches
     `base_dir`, never sees a half-written one.
     """
+    if quantize not in SAVED_MODEL_QUANTIZATIONS:
+        raise ModelError(f"SavedModel quantize must be one of {SAVED_MODEL_QUANTIZATIONS}, got {quantize!r}.")
     version = next_version(base_dir) if version is None else int(version)
     target = os.path.join(base_dir, str(version))
     if os.path.exists(target):
         raise FileExistsError(f"{target} exists; choose another version or remove it.")
-    model = optimize_for_inference(model)
+    model = optimize_for_inference(mixed_bfloat16_copy(model) if quantize == "bf16" else model)
     serving = TaskServing(model)
     archive = keras.export.ExportArchive()
     archive.track(model)

@@ -63,7 +63,7 @@ def test_export_and_predict_with_both_formats(run_dir, tmp_path, capsys):
 def test_export_errors_name_the_problem(run_dir, tmp_path):
     with pytest.raises(SystemExit, match="config.yaml not found"):
         main(["export", "--model-dir", str(tmp_path), "--out", str(tmp_path / "x")])
-    with pytest.raises(SystemExit, match="--quantize applies to --format tflite"):
+    with pytest.raises(SystemExit, match="--format saved_model takes --quantize none or bf16, not fp16"):
         main(["export", "--model-dir", str(run_dir), "--out", str(tmp_path / "x"), "--quantize", "fp16"])
     with pytest.raises(SystemExit, match="neither a .tflite file nor a SavedModel directory"):
         main(["predict", "--model", str(tmp_path / "missing"), "a.png", "--out", str(tmp_path / "p")])

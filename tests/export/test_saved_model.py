@@ -46,6 +46,31 @@ def assert_same_detections(outputs, index, expected):
     np.testing.assert_allclose(outputs["detection_boxes"][index, :count], boxes, atol=tolerance, rtol=0)
 
 
+def graph_op_types(signature, op_type):
+    """The dtypes (attr T) of every `op_type` node of a loaded signature, its functions' included."""
+    graph = signature.graph.as_graph_def()
+    nodes = [*graph.node, *(node for function in graph.library.function for node in function.node_def)]
+    return {tf.dtypes.as_dtype(node.attr["T"].type) for node in nodes if node.op == op_type}
+
+
+def test_bf16_export_convolves_in_bfloat16_and_answers_in_float32(exported, tmp_path):
+    model, _, _, loaded = exported
+    path = export_saved_model(model, str(tmp_path / "bf16"), quantize="bf16")
+    serve = tf.saved_model.load(path).signatures["serving_default"]
+    assert graph_op_types(serve, "Conv2D") == {tf.bfloat16}
+    assert graph_op_types(loaded.signatures["serving_default"], "Conv2D") == {tf.float32}
+    image = tf.constant(random_image(100, 120, seed=3)[None])
+    outputs, expected = serve(images=image), loaded.signatures["serving_default"](images=image)
+    assert {key: value.dtype for key, value in outputs.items()} == {
+        key: value.dtype for key, value in expected.items()
+    }
+    # bfloat16 keeps 8 bits of mantissa: the best scores agree to about 1%.
+    top = int(expected["num_detections"][0]) // 2
+    np.testing.assert_allclose(
+        outputs["detection_scores"][0, :top], expected["detection_scores"][0, :top], rtol=0, atol=0.02
+    )
+
+
 def test_export_writes_a_versioned_layout_with_labels(exported):
     _, base, path, _ = exported
     assert path == os.path.join(str(base), "1")
