@@ -5,8 +5,6 @@ import pathlib
 import subprocess
 import sys
 
-import keras
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -16,7 +14,6 @@ from benchmarks import (
     backbone_table,
     checkpoint_conversion,
     cpu_inference,
-    deployment_latency,
     detector_table,
     input_pipeline,
     plot,
@@ -31,7 +28,7 @@ from spinenet_tf import MODEL_IDS
 from spinenet_tf.data.synthetic import write_synthetic_coco
 from spinenet_tf.published import DETECTOR_REFERENCE, TWO_STAGE_REFERENCE
 from spinenet_tf.training.config import load_config, to_dict
-from tests.helpers import run_on_jax_without_tensorflow, tiny_detector
+from tests.helpers import run_on_jax_without_tensorflow
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -370,19 +367,3 @@ def test_a_full_size_model_garden_checkpoint_converts_with_every_variable_mapped
     assert loaded == total and unmapped == "0"
     assert int(ours.replace(",", "")) == int(theirs.replace(",", "")) == DETECTOR_REFERENCE["49"]["params"]
     assert float(error) <= 1e-4
-
-
-def test_bfloat16_copy_computes_in_bfloat16_from_the_same_weights():
-    """The deployment benchmark's mixed_bfloat16 row: every layer computes in bfloat16, from the
-    float32 variables of the model, and gives its outputs to bfloat16's precision."""
-    model = tiny_detector()
-    x = np.random.default_rng(0).uniform(-1, 1, (1, 128, 128, 3)).astype("float32")
-    copy = deployment_latency.bfloat16_copy(model)
-    convs = [layer for layer in copy.backbone.layers + copy.layers if isinstance(layer, keras.layers.Conv2D)]
-    assert convs and all(layer.compute_dtype == "bfloat16" for layer in convs)
-    for ours, theirs in zip(copy.weights, model.weights):
-        assert ours.dtype == theirs.dtype == "float32"
-        np.testing.assert_array_equal(keras.ops.convert_to_numpy(ours), keras.ops.convert_to_numpy(theirs))
-    expected = keras.ops.convert_to_numpy(model(x)["box_deltas"])
-    actual = keras.ops.convert_to_numpy(copy(x)["box_deltas"]).astype("float32")
-    assert 0 < np.abs(actual - expected).max() <= 0.05 * np.abs(expected).max()

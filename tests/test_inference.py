@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from spinenet_tf import RetinaNet, SpineNetMobile, optimize_for_inference, profile
+from spinenet_tf.inference import mixed_bfloat16_copy
 from spinenet_tf.layers.resample import ResizeToLevel
 from spinenet_tf.layers.stochastic_depth import StochasticDepth
 from tests.helpers import (
@@ -186,3 +187,19 @@ def test_same_outputs_on_jax_as_the_original_on_tensorflow(tmp_path):
     assert int(outputs["batch_norms"]) == 0
     for name, value in expected.items():
         assert relative_error(outputs[name], value) <= TOLERANCE, name
+
+
+def test_mixed_bfloat16_copy_computes_in_bfloat16_from_the_same_weights():
+    """The bf16 SavedModel's model: every layer computes in bfloat16, from the
+    float32 variables of the model, and gives its outputs to bfloat16's precision."""
+    model = tiny_detector()
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 128, 128, 3)).astype("float32")
+    copy = mixed_bfloat16_copy(model)
+    convs = [layer for layer in copy.backbone.layers + copy.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert convs and all(layer.compute_dtype == "bfloat16" for layer in convs)
+    for ours, theirs in zip(copy.weights, model.weights):
+        assert ours.dtype == theirs.dtype == "float32"
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(ours), keras.ops.convert_to_numpy(theirs))
+    expected = keras.ops.convert_to_numpy(model(x)["box_deltas"])
+    actual = keras.ops.convert_to_numpy(copy(x)["box_deltas"]).astype("float32")
+    assert 0 < np.abs(actual - expected).max() <= 0.05 * np.abs(expected).max()

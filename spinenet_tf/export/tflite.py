@@ -16,7 +16,7 @@ Quantisation modes:
   model names in `int8_float_layers` and the post-processing (box decoding and NMS, softmax
   and top-k), which stay float, and those in `int8_dynamic_layers`: int8 weights, activations
   quantised per call from their own range (dynamic range). RetinaNet's head prediction convs
-  are dynamic: calibrated int8 there cost 2.6 COCO AP points on the synthetic benchmark (the
+  are dynamic: calibrated int8 there cost 2.9 COCO AP points on the synthetic benchmark (the
   class predictions most), dynamic nothing, and float took a third of SpineNet-49's time at
   640 px (the 91-class prediction conv is the model's largest); a quantised IoU division
   fails on empty boxes. An ImageClassifier keeps its dense logits float (a sliver of its compute).
