@@ -36,9 +36,30 @@ def environment():
 
         versions.insert(0, f"JAX {jax.__version__} on {jax.devices()[0].device_kind}")
     return (
-        f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, "
-        + ", ".join(versions)
+        f"{platform.machine()}, {os.cpu_count()} CPU cores{cpu_description()}, "
+        f"Python {platform.python_version()}, " + ", ".join(versions)
     )
+
+
+# The CPU features that decide which kernels run: oneDNN's bf16 and XNNPACK's int8 need them.
+CPU_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16")
+
+
+def cpu_description():
+    """' (CPU model, family/model, its vector features)' from /proc/cpuinfo; '' where there is none.
+    Machines of one name differ here from day to day (AVX-512 with BF16 on one, AVX2 only on another)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            fields = dict(
+                line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line
+            )
+    except OSError:
+        return ""
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    features = "/".join(feature for feature in CPU_FEATURES if feature in flags) or "no AVX2"
+    family, model = fields.get("cpu family", "?"), fields.get("model", "?")
+    return f" ({fields.get('model name', '?')}, family {family} model {model}, {features})"
 
 
 def command():

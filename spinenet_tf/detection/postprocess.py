@@ -66,7 +66,7 @@ class DetectionSpec:
             raise ValueError("pre_nms_top_k and max_detections must be positive.")
 
 
-def detect(class_logits, box_deltas, anchors, image_size, spec=DetectionSpec()):
+def detect(class_logits, box_deltas, anchors, image_size, spec=DetectionSpec(), suppress=non_max_suppression):
     """Final detections of RetinaNet outputs: class_logits [B, N, C] (sigmoid), box_deltas
     [B, N, 4] against anchors [N, 4], for an (H, W) input (see `select_detections`).
 
@@ -83,7 +83,7 @@ def detect(class_logits, box_deltas, anchors, image_size, spec=DetectionSpec()):
     else:
         logits, deltas = gather_rows(logits, index), gather_rows(deltas, index)
         anchors = ops.take(anchors, index, axis=0)
-    return select_detections(ops.sigmoid(logits), decode_boxes(deltas, anchors), image_size, spec)
+    return select_detections(ops.sigmoid(logits), decode_boxes(deltas, anchors), image_size, spec, suppress)
 
 
 def top_anchors(scores, spec):
@@ -121,13 +121,14 @@ def _without_class(values, class_id):
     return parts[0] if len(parts) == 1 else ops.concatenate(parts, axis=2)
 
 
-def select_detections(scores, boxes, image_size, spec=DetectionSpec()):
+def select_detections(scores, boxes, image_size, spec=DetectionSpec(), suppress=non_max_suppression):
     """Final detections of a batch from per-class scores and decoded boxes.
 
     Args:
         scores [B, N, C] probabilities; boxes [B, N, 4] (one box per candidate, RetinaNet's
         anchors) or [B, N, C, 4] (one per candidate and class, Fast R-CNN's class-specific
-        regression), [ymin, xmin, ymax, xmax] input pixels; image_size (H, W).
+        regression), [ymin, xmin, ymax, xmax] input pixels; image_size (H, W); suppress:
+        the NMS, a function of `nms.non_max_suppression`'s arguments and result.
 
     Returns a dict: boxes [B, D, 4] (clipped to the image), scores [B, D], classes [B, D]
     int32, num_detections [B] int32; D = max_detections, entries past num_detections are
@@ -180,9 +181,7 @@ def select_detections(scores, boxes, image_size, spec=DetectionSpec()):
         offset = ops.cast(ops.expand_dims(top_classes, -1), "float32") * (limit + 1.0)
         nms_boxes = top_boxes + offset
 
-    keep = non_max_suppression(
-        nms_boxes, top_scores, spec.nms_iou_threshold, top_scores > spec.score_threshold
-    )
+    keep = suppress(nms_boxes, top_scores, spec.nms_iou_threshold, top_scores > spec.score_threshold)
     kept_scores = ops.where(keep, top_scores, -1.0)
     max_detections = min(spec.max_detections, top_k)
     final_scores, order = ops.top_k(kept_scores, max_detections)

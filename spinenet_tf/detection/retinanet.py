@@ -7,6 +7,7 @@ from spinenet_tf.detection.anchors import AnchorSpec, generate_anchors
 from spinenet_tf.detection.decoders import check_decoder, decode_pyramid
 from spinenet_tf.detection.head import retinanet_head
 from spinenet_tf.detection.losses import huber_loss, sigmoid_focal_loss
+from spinenet_tf.detection.nms import non_max_suppression
 from spinenet_tf.detection.postprocess import DetectionSpec, detect
 from spinenet_tf.detection.target_assignment import assign_targets
 from spinenet_tf.errors import ModelError
@@ -166,14 +167,15 @@ class RetinaNet(Task, keras.Model):
             self._anchor_cache[key] = generate_anchors(key, self.anchor_spec)
         return self._anchor_cache[key]
 
-    def decode_predictions(self, raw_outputs, image_size):
-        """Raw outputs -> final detections (see `postprocess.detect`)."""
+    def decode_predictions(self, raw_outputs, image_size, suppress=non_max_suppression):
+        """Raw outputs -> final detections (see `postprocess.detect`; `suppress`: the NMS)."""
         return detect(
             raw_outputs["class_logits"],
             raw_outputs["box_deltas"],
             self.anchors(image_size),
             image_size,
             self.detection_spec,
+            suppress,
         )
 
     # === Training ===

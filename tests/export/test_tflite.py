@@ -5,10 +5,17 @@ import dataclasses
 import numpy as np
 import pytest
 import tensorflow as tf
+from ai_edge_litert.interpreter import Interpreter
 
+from spinenet_tf.detection.nms import non_max_suppression
 from spinenet_tf.detection.retinanet import RetinaNet
 from spinenet_tf.export import TFLiteDetector, export_tflite
-from spinenet_tf.export.serving import POSTPROCESS_SCOPE, detect_letterboxed, letterbox_uint8
+from spinenet_tf.export.serving import (
+    POSTPROCESS_SCOPE,
+    detect_letterboxed,
+    greedy_suppression,
+    letterbox_uint8,
+)
 from tests.helpers import assert_same_detections, random_image, spread_detector
 
 # Largest |tflite - keras| / max |keras| of the raw outputs, measured on this random model:
@@ -79,6 +86,52 @@ def test_tflite_outputs_match_keras_within_the_quantisation_tolerance(model_and_
         )
         postprocess = [t for t in tensors.values() if t["name"].startswith(f"{POSTPROCESS_SCOPE}/")]
         assert postprocess and all(t["dtype"] != np.int8 for t in postprocess)
+
+
+def crowded_candidates(seed, num=300):
+    """Two images' sorted candidates in clusters (long suppression chains), with a pair at IoU
+    exactly 0.5 (kept: suppression needs more), tied scores, and a third of them invalid."""
+    rng = np.random.default_rng(seed)
+    corners = rng.uniform(0, 100, (2, num, 2))
+    boxes = np.concatenate([corners, corners + rng.uniform(1, 40, (2, num, 2))], -1).astype("float32")
+    boxes[0, :2] = [[0, 0, 10, 10], [0, 0, 10, 5]]
+    scores = -np.sort(-rng.uniform(0, 1, (2, num)), axis=1).astype("float32")
+    scores[:, 5] = scores[:, 4]
+    return boxes, scores, scores > 0.3
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_greedy_suppression_keeps_what_the_keras_nms_keeps_in_tensorflow_and_litert(seed):
+    boxes, scores, valid = crowded_candidates(seed)
+    expected = np.asarray(non_max_suppression(boxes, scores, 0.5, valid))
+    assert expected[0, :2].all() and 0 < expected.sum() < valid.sum()
+    np.testing.assert_array_equal(greedy_suppression(boxes, scores, 0.5, valid).numpy(), expected)
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec(boxes.shape),
+            tf.TensorSpec(scores.shape),
+            tf.TensorSpec(valid.shape, tf.bool),
+        ]
+    )
+    def suppress(boxes, scores, valid):
+        return greedy_suppression(boxes, scores, 0.5, valid)
+
+    content = tf.lite.TFLiteConverter.from_concrete_functions(
+        [suppress.get_concrete_function()], suppress
+    ).convert()
+    interpreter = Interpreter(model_content=content)
+    interpreter.allocate_tensors()
+    for detail in interpreter.get_input_details():
+        value = {"boxes": boxes, "scores": scores, "valid": valid}[
+            detail["name"].split(":")[0].split("_")[-1]
+        ]
+        interpreter.set_tensor(detail["index"], value)
+    interpreter.invoke()
+    kept = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    np.testing.assert_array_equal(kept, expected)
+    ops = {op["op_name"] for op in interpreter._get_ops_details()}
+    assert "NON_MAX_SUPPRESSION_V4" in ops and "WHILE" not in ops
 
 
 def test_class_agnostic_nms_exports_with_the_keras_detections(model_and_images, tmp_path):
