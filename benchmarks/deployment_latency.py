@@ -27,7 +27,7 @@ import numpy as np
 from benchmarks.export_formats import Subset, scored_export
 from benchmarks.model_garden import Server, model_garden_python
 from benchmarks.model_garden_accuracy import model_garden_accuracy
-from benchmarks.report import BENCHMARKS_FILE, write_section
+from benchmarks.report import BENCHMARKS_FILE, cpu_description, write_section
 from benchmarks.results import save_results
 from benchmarks.timing import alternating_medians, seconds
 from spinenet_tf import build_detector
@@ -233,6 +233,11 @@ def main(argv=None):
             else "- | - | -"
         )
         table.append(f"| {row['model']} | {row['artifact']} | {row['ms']:.0f} | {ratio} | {ap} |")
+    bf16_ratios = ", ".join(
+        f"{name} {times['SavedModel bf16'] / times['SavedModel fp32']:.2f}x"
+        for name in args.models
+        for times in [{row["artifact"]: row["ms"] for row in rows if row["model"] == name}]
+    )
     model_garden = (
         f"not timed: {mg_reason}"
         if mg_python is None
@@ -254,7 +259,8 @@ with 91 classes, SpineNet-49 (head 4x256) and 49S (4x128) at 640 px, SpineNet-49
 (separable head 4x48, swish) at 384 px; random weights. Ours go through
 `optimize_for_inference` (export and the Keras predictor use it). int8: backbone and head in
 int8, the head's prediction convs in dynamic-range int8, float post-processing, calibrated on
-{CALIBRATION_IMAGES} letterboxed training images.
+{CALIBRATION_IMAGES} letterboxed training images. Earlier runs of this table on other CPUs are in
+BENCHMARKS.md's git history (the machine line names the CPU).
 Model Garden: {model_garden}.
 
 AP: of the `make train` model (`{args.model_dir}`: SpineNet-49 at filter scale 0.25, trained at
@@ -263,21 +269,20 @@ split (int8 calibrated on 100 training images, both sides). Model Garden's rows:
 exports of that model, our weights written into its checkpoint layout and restored by its
 RetinaNet task (its float model gives our raw outputs to 1e-6;
 `benchmarks.model_garden_accuracy`). Its SavedModel pads the letterboxed image with the mean
-colour where ours pads black (0.9 points); its TFLite post-processing keeps, by default, one
+colour where ours pads black; its TFLite post-processing keeps, by default, one
 class per box and scores above 0.1 (ours and its SavedModel: per class, above 0.05).
 
 Reading it: Model Garden's SavedModel spends nearly all its time in its post-processing
 (the v2 NMS with a pre-NMS top of 5000; its network alone runs at our speed, see "RetinaNet
 inference latency on CPU"); ours decodes only the 1,000 anchors of best foreground score
-(exact: the pre-NMS top 1,000 anchor-class pairs all lie among them). Our int8 keeps fp32's AP
-with the head's prediction convs in dynamic-range int8, and at 640 px it is the fastest
-artifact on either side; Model Garden's int8 quantises those convs statically and loses 3.6
-points under its own TFLite fp32, which loses 9.8 under its SavedModel (its TFLite
-post-processing keeps one class per box, scores above 0.1). At 384 px, SpineNet-49-Mobile's
-int8 gains nothing over our fp32 (its swish and squeeze-excitation ops), and Model Garden's
-int8 is the fastest artifact. mixed_bfloat16 (Keras, or the SavedModel exported with
-`--quantize bf16`) takes 0.55-0.61x float32's time for the ResNet-block models on this CPU
-(AVX-512 BF16), at the same AP.
+(exact: the pre-NMS top 1,000 anchor-class pairs all lie among them), and in the .tflite
+suppresses with LiteRT's greedy NMS kernel. Our int8 keeps fp32's AP with the head's
+prediction convs in dynamic-range int8; Model Garden's int8 quantises those convs statically
+and loses AP under its own TFLite fp32, which loses more under its SavedModel (its TFLite
+post-processing keeps one class per box, scores above 0.1). int8 and bfloat16 gain most on a
+CPU with AVX-512 VNNI and BF16 (oneDNN's bf16 convs need AVX-512 BF16 or AMX; without them it
+emulates bf16, and XNNPACK's int8 runs on AVX2). On this machine's CPU{cpu_description()},
+SavedModel bf16 / fp32: {bf16_ratios}.
 
 """
         + "\n".join(f"- {line}" for line in verdicts + notes)

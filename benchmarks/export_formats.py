@@ -125,9 +125,10 @@ Model: the run in `{args.model_dir}` ({os.path.basename(checkpoint)}; {config.da
 backbone {config.model.backbone}). AP on {"all" if args.val_images is None else args.val_images}
 images of its val split (`{config.data.val.annotations}`), through each artifact end to end:
 the SavedModel's `serving_default` (resize and padding in the graph), the .tflite through
-the LiteRT signature runner ({args.threads} threads, XNNPACK) with the same letterboxing on
+`load_predictor` (LiteRT, {args.threads} threads, XNNPACK) with the same letterboxing on
 the host. Latency: median of {args.repeats} calls on one {height}x{width} image after 2 warm-up
-calls, post-processing (decode, per-class NMS over 1000 candidates) included.{int8}
+calls, post-processing (decode, per-class NMS over 1000 candidates; in the .tflite LiteRT's
+greedy NMS kernel) included.{int8}
 Sizes: the SavedModel directory, the .tflite file."""
     body = "\n".join(table) + "\n\n" + notes
     write_section("export-formats", "Exported formats: size, CPU latency, accuracy", body, args.out)

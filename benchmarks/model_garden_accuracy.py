@@ -16,12 +16,13 @@ Two checks make a wrong transfer fail loudly: Model Garden's float model compute
 outputs on the same normalised input (MAX_RAW_ERROR), and, on the whole val split (a few
 images' AP is too noisy), its SavedModel's AP is our Keras model's within MAX_AP_GAP. They
 differ by Model Garden's preprocessing: it pads the letterboxed image after normalising
-(mean colour), where ours and our training pads black; on the whole split that costs its
-SavedModel about a point of AP (0.452 against 0.464 on 2026-12-01), and fed our letterboxed
-image it scored ours to 0.001 on 30 images (its pre-NMS top 5000 against our 1000 changes
-nothing more). Its TFLite exports lose more by their default post-processing
-(class-agnostic, scores above 0.1 where the SavedModel keeps those above 0.05): 0.354 in
-fp32 on 2026-12-01 (BENCHMARKS.md, "Deployable artifacts").
+(mean colour), where ours and our training pads black; on the whole split that has cost its
+SavedModel up to a point of AP (0.452 against 0.464 for one `make train` model, 0.458 against
+0.458 for another), and fed our letterboxed image it scored ours to 0.001 on 30 images (its
+pre-NMS top 5000 against our 1000 changes nothing more). Its TFLite exports lose more by their
+default post-processing (class-agnostic, scores above 0.1 where the SavedModel keeps those
+above 0.05): 0.354 and 0.368 in fp32 for those two models (BENCHMARKS.md, "Deployable
+artifacts", and its git history).
 
 Usage: python -m benchmarks.model_garden_accuracy [--model-dir runs/synthetic] [--threads 2]
            [--val-images N]
