@@ -49,7 +49,7 @@ def letterbox_uint8(image, image_size):
     numpy), the pixels and scale of `image_converter.letterbox`, rounded."""
     height, width = np.shape(image)[:2]
     resized = letterboxed_size(height, width, image_size, image_size)
-    letterboxed = np.zeros((image_size, image_size, 3), np.uint8)  # padded in numpy: a third of the time
+    letterboxed = np.zeros((image_size, image_size, 3), np.uint8)  # padded here: no float pass in TF
     letterboxed[: resized[0], : resized[1]] = _resize_uint8(image, resized).numpy()
     return letterboxed, np.float32(resized) / np.float32((height, width))
 
@@ -80,7 +80,7 @@ def greedy_suppression(boxes, scores, iou_threshold, valid=None):
 
     For a .tflite: LiteRT runs it as its NON_MAX_SUPPRESSION_V4 kernel, which compares each
     candidate with the boxes kept so far, where keras.ops' fixed-point iteration multiplies a
-    K x K matrix per step; at 1,000 candidates that took two thirds of the post-processing.
+    K x K matrix per step; at 1,000 candidates that took about half of the post-processing.
     """
     num = boxes.shape[1]
     # LiteRT's kernel suppresses at IoU >= its threshold, ours (and TensorFlow's) above it.

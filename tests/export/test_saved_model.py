@@ -53,6 +53,8 @@ def graph_op_types(signature, op_type):
     return {tf.dtypes.as_dtype(node.attr["T"].type) for node in nodes if node.op == op_type}
 
 
+# slow: 45 s on a CPU without AVX-512 BF16, which emulates bfloat16
+@pytest.mark.slow
 def test_bf16_export_convolves_in_bfloat16_and_answers_in_float32(exported, tmp_path):
     model, _, _, loaded = exported
     path = export_saved_model(model, str(tmp_path / "bf16"), quantize="bf16")

@@ -241,6 +241,8 @@ def test_a_file_or_directory_that_cannot_be_a_source_is_refused_without_asking_t
         load_init_source(name)
 
 
+# slow: 49 s on 2 AVX2-only cores
+@pytest.mark.slow
 def test_a_mask_rcnn_initialises_from_a_mask_rcnn_or_a_detectors_backbone():
     """Paths reach into the networks a Mask R-CNN is made of: [all] copies every weight of
     another Mask R-CNN; [backbone] takes a RetinaNet's backbone and leaves the heads alone."""
